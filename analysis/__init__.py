@@ -1,0 +1,1 @@
+"""Tables, significance tests, curves and figures: read results/, write results/."""

@@ -1,0 +1,3 @@
+"""BLADE reproduction suite: data, models, sampling, rewards, metrics, alignment, tracking."""
+
+__version__ = "0.1.0"
