@@ -10,9 +10,12 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/sft.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
     input:
         expand("results/data/{dataset}/stats.json", dataset=DATASETS),
+        all_metrics(),
     default_target: True

@@ -6,7 +6,9 @@ Errors caused by input (config, data) print one clear message and exit with stat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import signal
 import sys
 from typing import Any
 
@@ -41,6 +43,80 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"prepared {args.out}: {stats['n_items']} items; rows: {rows}; dropped: {dropped}; {stats['seconds']} s")
 
 
+def _json_arg(text: str, flag: str) -> dict[str, Any]:
+    from blade.errors import ConfigError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag}: expected a JSON object")
+    return value
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from blade.config import from_dict
+    from blade.io import write_json
+    from blade.model.policy import PolicyConfig
+    from blade.tracking import track
+    from blade.train.sft import SFTConfig, train_sft
+
+    raw = _json_arg(args.config_json, "--config-json")
+    policy_cfg = from_dict(PolicyConfig, raw.get("policy"), "policy")
+    sft_cfg = from_dict(SFTConfig, raw.get("sft"), "sft")
+    resolved = {"policy": dataclasses.asdict(policy_cfg), "sft": dataclasses.asdict(sft_cfg), "seed": args.seed,
+                "data": args.data}
+    with track("sft", args.dataset, "sft", args.seed, resolved, run_dir=args.out) as tracker:
+        summary = train_sft(args.data, args.out, policy_cfg, sft_cfg, args.seed, tracker)
+        tracker.log_final(summary)
+        tracker.log_artifact(f"{args.out}/train_log.parquet")
+    write_json(f"{args.out}/summary.json", summary)
+    print(f"sft done: {summary}")
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from blade.data.canonical import load_prepared
+    from blade.evaluation import write_recs
+
+    items, splits, _ = load_prepared(args.data)
+    frame = splits[args.split]
+    if args.reference:
+        from blade.reference import CoOccurrence, most_popular
+
+        if args.reference == "mostpop":
+            lists = most_popular(splits["train"], items["item_id"].to_numpy(), len(frame), args.k)
+        else:
+            lists = CoOccurrence(splits["train"], items["item_id"].to_numpy()).recommend(frame["history"].tolist(), args.k)
+    else:
+        from blade.model.policy import Policy
+        from blade.sampling import ListSampler
+        from blade.seeding import seed_everything
+
+        seed_everything(0)
+        policy = Policy.load(args.model, args.device)
+        policy.model.eval()
+        prompts = [policy.codec.prompt(h, args.k) for h in frame["history"]]
+        lists = ListSampler(policy, args.k, batch_size=args.batch_size).generate(prompts, greedy=True).items.numpy()
+    write_recs(args.out, np.asarray(lists))
+    print(f"wrote {len(frame)} lists of {args.k} items to {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from blade.evaluation import evaluate
+    from blade.tracking import track
+
+    ks = tuple(int(k) for k in args.ks.split(","))
+    config = {"recs": args.recs, "data": args.data, "split": args.split, "ks": list(ks)}
+    with track(f"evaluate_{args.split}", args.dataset, args.method, args.seed, config, run_dir=args.out) as tracker:
+        summary = evaluate(args.recs, args.data, args.split, args.out, ks)
+        tracker.log_final({k: v for k, v in summary.items() if isinstance(v, float)})
+        tracker.log_artifacts(args.out)
+    print(" ".join(f"{k}={summary[k]:.4f}" for k in ("recall@10", "ndcg@10", "invalid_rate")))
+
+
 def cmd_options(args: argparse.Namespace) -> None:
     from blade.config import describe
     from blade.data.canonical import DatasetSpec
@@ -63,14 +139,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory, e.g. results/data/NAME")
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("sft", help="supervised warm-up of the list policy (π_ref)")
+    p.add_argument("--data", required=True, help="a prepared dataset directory (results/data/NAME)")
+    p.add_argument("--out", required=True, help="output directory (results/models/NAME/sft/seedS)")
+    p.add_argument("--config-json", default="{}", help='{"policy": {...}, "sft": {...}} (config sections)')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="dataset", help="dataset name for tracking")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("recommend", help="write top-K lists for a split (JSON lines {row, items})")
+    p.add_argument("--data", required=True, help="a prepared dataset directory")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--k", type=int, default=20, help="list length")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a saved policy directory (greedy constrained decoding)")
+    src.add_argument("--reference", choices=["mostpop", "cooc"], help="a classic reference recommender")
+    p.add_argument("--device", default=None, help="override the policy's device")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", required=True, help="recommendations file (.jsonl)")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("evaluate", help="score a recommendations file against a split")
+    p.add_argument("--recs", required=True, help='JSON lines {"row": r, "items": [ids]}, one per row of the split')
+    p.add_argument("--data", required=True, help="a prepared dataset directory")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--ks", default="5,10,20", help="cut-offs, comma-separated")
+    p.add_argument("--out", required=True, help="directory for per_user.parquet and metrics.json")
+    p.add_argument("--dataset", default="dataset", help="tracking: dataset name")
+    p.add_argument("--method", default="external", help="tracking: method name")
+    p.add_argument("--seed", type=int, default=0, help="tracking: seed")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("options", help="list the options of a data source (or 'dataset')")
     p.add_argument("source", help="dataset | synthetic | bigrec_csv | instruction_json | amazon2018")
     p.set_defaults(func=cmd_options)
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    # Snakemake cancels jobs with SIGTERM; raising here lets open MLflow runs end as KILLED
+    # instead of staying RUNNING forever.
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
     except BladeError as exc:

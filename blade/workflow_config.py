@@ -8,10 +8,26 @@ so a typo fails before any job starts.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from blade.config import from_dict, option
 from blade.data.prepare import resolve_spec
 from blade.errors import ConfigError
+from blade.model.policy import PolicyConfig
+from blade.train.sft import SFTConfig
+
+
+@dataclass
+class EvalConfig:
+    k: int = option(20, help="length of the evaluated lists")
+    ks: list[int] = option([5, 10, 20], help="metric cut-offs (each <= k)")
+    splits: list[Literal["valid", "test"]] = option(["valid", "test"], help="splits to evaluate")
+    references: list[Literal["mostpop", "cooc"]] = option(["mostpop", "cooc"], help="classic reference rows")
+
+    def __post_init__(self) -> None:
+        if any(not 1 <= k <= self.k for k in self.ks):
+            raise ValueError(f"every cut-off in ks must lie in 1..k={self.k}, got {self.ks}")
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -21,3 +37,6 @@ def check_config(config: dict[str, Any]) -> None:
             raise ConfigError(f"run.datasets names '{name}', which is not defined under datasets: {sorted(datasets)}")
     for name, spec in datasets.items():
         resolve_spec(spec, where=f"datasets.{name}")
+    from_dict(PolicyConfig, config.get("policy"), "policy")
+    from_dict(SFTConfig, config.get("sft"), "sft")
+    from_dict(EvalConfig, config.get("evaluate"), "evaluate")

@@ -13,6 +13,9 @@ validate(config, "../schemas/config.schema.yaml")
 check_config(config)
 
 DATASETS = config["run"]["datasets"]
+SEEDS = config["run"].get("seeds", [0])
+EVAL = config.setdefault("evaluate", {"k": 20, "ks": [5, 10, 20], "splits": ["valid", "test"], "references": ["mostpop", "cooc"]})
+TRAINED_METHODS = ["sft"]
 SPLITS = ["train", "valid", "test"]
 # The interpreter that runs Snakemake has the suite installed; calling it directly avoids
 # depending on PATH inside job shells.
@@ -21,3 +24,12 @@ BLADE = f"{sys.executable} -m blade.cli"
 
 def dataset_spec(wildcards):
     return json.dumps(config["datasets"][wildcards.dataset], sort_keys=True)
+
+
+def all_metrics():
+    """Every metrics.json the DAG produces: trained methods per seed, reference rows once."""
+    trained = expand("results/eval/{dataset}/{method}/seed{seed}/{split}/metrics.json",
+                     dataset=DATASETS, method=TRAINED_METHODS, seed=SEEDS, split=EVAL["splits"])
+    refs = expand("results/eval/{dataset}/{method}/seed0/{split}/metrics.json",
+                  dataset=DATASETS, method=EVAL["references"], split=EVAL["splits"])
+    return trained + refs

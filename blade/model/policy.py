@@ -1,0 +1,163 @@
+"""Policies: a ``transformers`` causal LM plus its item codec.
+
+``tiny``: a small Qwen2- or Llama-architecture model built from a config and trained from scratch
+(no download). ``pretrained``: any local path or hub id loaded with ``from_pretrained``
+(``trust_remote_code`` off), optionally wrapped with LoRA (``peft``). Weights are saved with
+``save_pretrained`` (safetensors) beside the tokenizer, the codec and the resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from blade.config import from_dict, option
+from blade.io import write_json
+from blade.model.codec import BIGREC_TEMPLATE, ItemCodec, tiny_tokenizer
+
+
+@dataclass
+class LoraOptions:
+    rank: int = option(8, help="LoRA rank r")
+    alpha: int = option(16, help="LoRA scaling alpha")
+    dropout: float = option(0.05, help="LoRA dropout")
+    targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], help="module names LoRA adapts")
+
+
+@dataclass
+class PolicyConfig:
+    kind: Literal["tiny", "pretrained"] = option("tiny", help="'tiny' (built from this config) or 'pretrained'")
+    codec: Literal["atomic", "title"] = option("atomic", help="item codes: one token per item, or the title")
+    arch: Literal["qwen2", "llama"] = option("qwen2", help="tiny: architecture")
+    layers: int = option(2, help="tiny: transformer layers")
+    hidden: int = option(64, help="tiny: hidden width")
+    heads: int = option(4, help="tiny: attention heads")
+    kv_heads: int = option(2, help="tiny: key/value heads (grouped-query attention)")
+    intermediate: int = option(256, help="tiny: MLP width")
+    max_positions: int = option(1024, help="tiny: longest sequence (prompt + list)")
+    title_vocab_size: int = option(2000, help="tiny + title codec: BPE vocabulary trained on the titles")
+    path: str = option("", help="pretrained: local path or hub id (no download happens in the default job)")
+    dtype: Literal["float32", "bfloat16"] = option("float32", help="weights dtype (bfloat16 on GPU)")
+    lora: LoraOptions | None = option(None, help="pretrained: LoRA options; null = full fine-tuning")
+    template: str = option(BIGREC_TEMPLATE, help="pretrained: prompt template with {history} and {k}")
+    device: str = option("auto", help="'auto' (cuda when available), 'cpu' or 'cuda'")
+
+    def __post_init__(self) -> None:
+        if self.kind == "pretrained" and not self.path:
+            raise ValueError("policy.path is required when policy.kind is 'pretrained'")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ValueError("hidden must be divisible by heads, and heads by kv_heads")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Policy:
+    def __init__(self, model, codec: ItemCodec, config: PolicyConfig):
+        self.model, self.codec, self.config = model, codec, config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- construction --------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: PolicyConfig, items: pd.DataFrame) -> "Policy":
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+
+        dtype = getattr(torch, config.dtype)
+        if config.kind == "tiny":
+            tokenizer = tiny_tokenizer(config.codec, items, config.title_vocab_size)
+            codec = ItemCodec.build(config.codec, items, tokenizer, "tiny")
+            cfg_cls = Qwen2Config if config.arch == "qwen2" else LlamaConfig
+            model_cfg = cfg_cls(
+                vocab_size=len(tokenizer), hidden_size=config.hidden, num_hidden_layers=config.layers,
+                num_attention_heads=config.heads, num_key_value_heads=config.kv_heads,
+                intermediate_size=config.intermediate, max_position_embeddings=config.max_positions,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=None,
+                tie_word_embeddings=True,
+            )
+            model = AutoModelForCausalLM.from_config(model_cfg, dtype=dtype)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(config.path, trust_remote_code=False)
+            codec = ItemCodec.build(config.codec, items, tokenizer, "pretrained", config.template)
+            model = AutoModelForCausalLM.from_pretrained(config.path, dtype=dtype, trust_remote_code=False)
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
+            if config.lora is not None:
+                model = _wrap_lora(model, config)
+        return cls(model.to(resolve_device(config.device)), codec, config)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.codec.save(directory)
+        write_json(directory / "policy.json", dataclasses.asdict(self.config))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> "Policy":
+        from transformers import AutoModelForCausalLM
+
+        directory = Path(directory)
+        config = from_dict(PolicyConfig, json.loads((directory / "policy.json").read_text()), str(directory / "policy.json"))
+        if device:
+            config.device = device
+        dtype = getattr(torch, config.dtype)
+        codec = ItemCodec.load(directory)
+        if config.kind == "pretrained" and config.lora is not None:
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(config.path, dtype=dtype, trust_remote_code=False)
+            if len(codec.tokenizer) > base.get_input_embeddings().num_embeddings:
+                base.resize_token_embeddings(len(codec.tokenizer))
+            model = PeftModel.from_pretrained(base, directory, is_trainable=True)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, trust_remote_code=False)
+        return cls(model.to(resolve_device(config.device)), codec, config)
+
+    # ---- scoring -------------------------------------------------------------------------
+    def token_logprobs(self, prompts: list[list[int]], conts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs of each continuation token given prompt and earlier tokens (with grad).
+
+        Prompts are left-padded, continuations right-padded. Returns (logp (R, T), mask (R, T)).
+        These are the model's own (unconstrained) probabilities, which all objectives use.
+        """
+        pad = self.codec.pad_id
+        P, T = max(map(len, prompts)), max(map(len, conts))
+        R = len(prompts)
+        ids = torch.full((R, P + T), pad, dtype=torch.long)
+        attn = torch.zeros((R, P + T), dtype=torch.long)
+        for r, (p, c) in enumerate(zip(prompts, conts)):
+            ids[r, P - len(p): P] = torch.tensor(p)
+            ids[r, P: P + len(c)] = torch.tensor(c)
+            attn[r, P - len(p): P + len(c)] = 1
+        ids, attn = ids.to(self.device), attn.to(self.device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits
+        logits = logits[:, :-1].float()  # (R, T, V): position P-1+t predicts continuation token t
+        target = ids[:, P:]
+        logp = -F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none").view(R, T)
+        mask = attn[:, P:].bool()
+        return logp * mask, mask
+
+
+def _wrap_lora(model, config: PolicyConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.lora
+    # Item tokens added by the atomic codec have fresh embeddings: train them fully.
+    extra = ["embed_tokens", "lm_head"] if config.codec == "atomic" else None
+    peft_cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=lora.targets, modules_to_save=extra, task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)

@@ -1,0 +1,1 @@
+"""Training loops: SFT warm-up (and, later, the one alignment loop every objective runs in)."""

@@ -1,0 +1,69 @@
+"""Resumable checkpoints without pickles: weights and optimizer tensors in safetensors, the rest
+in JSON. A checkpoint directory is written beside its final place and renamed in, so a job killed
+mid-write leaves the previous checkpoint intact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from blade.io import write_json
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for idx, slots in state["state"].items():
+        for name, value in slots.items():
+            key = f"{idx}.{name}"
+            if torch.is_tensor(value):
+                tensors[key] = value.detach().contiguous().cpu()
+            else:
+                scalars[key] = value
+    return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(directory: Path, policy, optimizer: torch.optim.Optimizer, trainer_state: dict) -> None:
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save(tmp)
+    tensors, meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(tensors or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(tmp / "rng.safetensors"))
+    write_json(tmp / "optimizer.json", meta)
+    write_json(tmp / "trainer_state.json", trainer_state)
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore optimizer and RNG state; return the trainer state (the caller loads the policy)."""
+    directory = Path(directory)
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    tensors.pop("_empty", None)
+    meta = json.loads((directory / "optimizer.json").read_text())
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta))
+    rng = load_file(str(directory / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return json.loads((directory / "trainer_state.json").read_text())

@@ -1,0 +1,174 @@
+"""``blade sft``: BIGRec-style supervised warm-up of the list policy (π_ref of every method).
+
+Supervised target list. Each train row (history, target) is taught the list "target, then the
+user's next distinct items" (up to ``target_len`` items): the user's actual future, in order. The
+list policy generates items autoregressively with the list so far in context, so teaching only the
+first slot (BIGRec's single next item) would leave every later slot untrained; the user's own
+continuation is the one list-shaped supervision the data holds without leaking valid/test items.
+The continuation is read from the train split only: rows are linked by ``user_id`` (in time
+order) where the split has one, otherwise by history continuity (row B continues row A when B's
+history is A's history plus A's target, truncated to the same window) when that link is unique.
+Rows with no known continuation are taught their single target.
+
+Model selection uses the valid split only (greedy lists, ``select_metric``); the test split is
+never read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from blade.config import option
+from blade.data.canonical import load_prepared
+from blade.io import write_json, write_parquet
+from blade.metrics import ndcg_at_k, recall_at_k
+from blade.model.policy import Policy, PolicyConfig
+from blade.sampling import ListSampler
+from blade.seeding import seed_everything
+from blade.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = option(20, help="maximum passes over the train split")
+    batch_size: int = option(128, help="train rows per optimiser step")
+    lr: float = option(3e-3, help="AdamW learning rate (tiny model from scratch; ~1e-4 for LoRA on an LLM)")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    warmup_steps: int = option(50, help="linear learning-rate warm-up steps, then cosine decay")
+    grad_clip: float = option(1.0, help="max gradient norm")
+    target_len: int = option(3, help="items in the supervised target list (target + user's next items)")
+    k: int = option(10, help="list length for the valid-split model selection")
+    select_metric: str = option("ndcg@10", help="valid metric that picks the best epoch: recall@K or ndcg@K")
+    valid_rows: int = option(2000, help="valid rows used for model selection (0 = all)")
+    patience: int = option(4, help="stop after this many epochs without a valid improvement")
+    eval_batch_size: int = option(256, help="contexts per sampler batch during selection")
+
+    def __post_init__(self) -> None:
+        name, _, k = self.select_metric.partition("@")
+        if name not in ("recall", "ndcg") or not k.isdigit() or int(k) > self.k:
+            raise ValueError(f"select_metric must be recall@N or ndcg@N with N <= k={self.k}, got {self.select_metric!r}")
+
+
+def continuation_lists(train: pd.DataFrame, target_len: int) -> list[list[int]]:
+    """For each train row: [target, next distinct items of the same user], see module docstring."""
+    n = len(train)
+    nxt = np.full(n, -1)
+    if train["user_id"].notna().all():
+        order = train.assign(_r=np.arange(n)).sort_values(["user_id", "timestamp", "_r"], na_position="first", kind="stable")
+        rows, users = order["_r"].to_numpy(), order["user_id"].to_numpy()
+        same = users[1:] == users[:-1]
+        nxt[rows[:-1][same]] = rows[1:][same]
+    else:
+        by_history: dict[tuple, list[int]] = defaultdict(list)
+        for r, h in enumerate(train["history"]):
+            by_history[tuple(h)].append(r)
+        width = max(map(len, train["history"]))
+        for r, (h, t) in enumerate(zip(train["history"], train["target"])):
+            cand = by_history.get(tuple([*h, t][-width:]), [])
+            if len(cand) == 1:
+                nxt[r] = cand[0]
+    targets = train["target"].to_numpy()
+    out = []
+    for r in range(n):
+        lst, cur, hops = [int(targets[r])], nxt[r], 0
+        while cur >= 0 and len(lst) < target_len and hops < 4 * target_len:
+            if targets[cur] not in lst:
+                lst.append(int(targets[cur]))
+            cur, hops = nxt[cur], hops + 1
+        out.append(lst)
+    return out
+
+
+def valid_metrics(policy: Policy, split: pd.DataFrame, k: int, batch_size: int) -> dict[str, float]:
+    """Greedy lists on (a slice of) a split → mean Recall/NDCG at 5, 10 and k."""
+    policy.model.eval()
+    prompts = [policy.codec.prompt(h, k) for h in split["history"]]
+    lists = ListSampler(policy, k, batch_size=batch_size).generate(prompts, greedy=True)
+    targets = split["target"].to_numpy()
+    out = {"invalid_rate": lists.invalid_rate}
+    for kk in sorted({5, 10, k} & set(range(1, k + 1))):
+        out[f"recall@{kk}"] = float(recall_at_k(lists.items.numpy(), targets, kk).mean())
+        out[f"ndcg@{kk}"] = float(ndcg_at_k(lists.items.numpy(), targets, kk).mean())
+    return out
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfig, cfg: SFTConfig, seed: int,
+              tracker=None) -> dict:
+    """Train, select on valid, write the best policy to ``out_dir`` (resumes from ``out_dir/checkpoint``)."""
+    out = Path(out_dir)
+    ckpt, best_dir = out / "checkpoint", out / "best"
+    seed_everything(seed)
+    items, splits, _ = load_prepared(data_dir)
+    train, valid = splits["train"], splits["valid"]
+    if cfg.valid_rows and len(valid) > cfg.valid_rows:  # a fixed, seed-independent slice
+        valid = valid.iloc[np.random.default_rng(0).permutation(len(valid))[: cfg.valid_rows]]
+    policy = Policy.load(ckpt, policy_cfg.device) if (ckpt / "trainer_state.json").is_file() else Policy.build(policy_cfg, items)
+    codec = policy.codec
+    prompts = [codec.prompt(h, cfg.k) for h in train["history"]]
+    conts = [codec.list_tokens(lst) for lst in continuation_lists(train, cfg.target_len)]
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.warmup_steps, total))
+    state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "stale": 0, "log": []}
+    if (ckpt / "trainer_state.json").is_file():
+        state = load_checkpoint(ckpt, opt)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.warmup_steps, total), last_epoch=state["step"] - 1)
+        print(f"resuming from {ckpt} after epoch {state['epoch']}")
+    started = time.perf_counter()
+    while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
+        epoch = state["epoch"]
+        policy.model.train()
+        order = np.random.default_rng([seed, epoch]).permutation(len(train))  # resumable data order
+        losses = []
+        for b in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.epochs}", mininterval=5):
+            idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
+            logp, mask = policy.token_logprobs([prompts[i] for i in idx], [conts[i] for i in idx])
+            loss = -(logp.sum() / mask.sum())  # token-level NLL of the target list
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            state["step"] += 1
+            losses.append(loss.item())
+            if tracker:
+                tracker.log_metrics({"train/loss": loss.item(), "train/grad_norm": float(gnorm),
+                                     "train/lr": sched.get_last_lr()[0]}, step=state["step"])
+        metrics = valid_metrics(policy, valid, cfg.k, cfg.eval_batch_size)
+        score = metrics[cfg.select_metric]
+        row = {"epoch": epoch + 1, "step": state["step"], "train_loss": float(np.mean(losses)),
+               **{f"valid/{k}": v for k, v in metrics.items()}, "seconds": round(time.perf_counter() - started, 2)}
+        state["log"].append(row)
+        if tracker:
+            tracker.log_metrics({k: v for k, v in row.items() if k.startswith("valid/") or k == "train_loss"}, step=state["step"])
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if score > state["best"]:
+            state.update(best=score, best_epoch=epoch + 1, stale=0)
+            policy.save(best_dir)
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch + 1
+        save_checkpoint(ckpt, policy, opt, state)
+    write_parquet(out / "train_log.parquet", pd.DataFrame(state["log"]))
+    write_json(out / "sft_config.json", {"sft": dataclasses.asdict(cfg), "policy": dataclasses.asdict(policy_cfg), "seed": seed})
+    summary = {"best_epoch": state["best_epoch"], f"valid/{cfg.select_metric}": state["best"], "epochs_run": state["epoch"],
+               "stopped_early": state["stale"] >= cfg.patience}
+    return summary

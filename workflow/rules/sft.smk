@@ -1,0 +1,21 @@
+rule sft:
+    """BIGRec-style supervised warm-up: the reference policy π_ref of every method."""
+    input:
+        stats="results/data/{dataset}/stats.json",
+    output:
+        summary="results/models/{dataset}/sft/seed{seed}/summary.json",
+    params:
+        blade=BLADE,
+        cfg=lambda wildcards: json.dumps({"policy": config.get("policy"), "sft": config.get("sft")}, sort_keys=True),
+        data=lambda wildcards, input: os.path.dirname(input.stats),
+        out=lambda wildcards, output: os.path.dirname(output.summary),
+    log:
+        "results/logs/sft/{dataset}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/sft/{dataset}/seed{seed}.tsv"
+    threads: 2
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.blade} sft --data {params.data} --out {params.out} --seed {wildcards.seed} "
+        "--dataset {wildcards.dataset} --config-json {params.cfg:q} > {log} 2>&1"
