@@ -11,6 +11,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/sft.smk"
+include: "workflow/rules/align.smk"
 include: "workflow/rules/evaluate.smk"
 
 

@@ -75,6 +75,51 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(f"sft done: {summary}")
 
 
+def cmd_rollout(args: argparse.Namespace) -> None:
+    from blade.align.rollout import RolloutConfig, reference_rollouts
+    from blade.config import from_dict
+    from blade.io import write_json
+    from blade.rewards import RewardConfig
+    from blade.tracking import track
+
+    raw = _json_arg(args.config_json, "--config-json")
+    cfg = from_dict(RolloutConfig, raw.get("rollout"), "rollout")
+    reward_cfg = from_dict(RewardConfig, raw.get("reward"), "reward")
+    resolved = {"rollout": dataclasses.asdict(cfg), "reward": dataclasses.asdict(reward_cfg), "seed": args.seed,
+                "data": args.data, "model": args.model}
+    with track("rollout", args.dataset, "ref", args.seed, resolved) as tracker:
+        summary = reference_rollouts(args.data, args.model, args.out, cfg, reward_cfg, args.seed, args.device)
+        tracker.log_final(summary)
+    write_json(f"{args.out}.summary.json", summary)
+    print(f"rollouts done: {summary}")
+
+
+def cmd_align(args: argparse.Namespace) -> None:
+    from blade.align.loop import AlignConfig, align
+    from blade.config import from_dict
+    from blade.errors import ConfigError
+    from blade.io import write_json
+    from blade.rewards import RewardConfig
+    from blade.tracking import track
+
+    raw = _json_arg(args.config_json, "--config-json")
+    cfg = from_dict(AlignConfig, raw.get("align"), "align")
+    reward_cfg = from_dict(RewardConfig, raw.get("reward"), "reward")
+    method = raw.get("method")
+    if not isinstance(method, dict):
+        raise ConfigError('--config-json: needs "method": {"objective": NAME, ...options}')
+    resolved = {"align": dataclasses.asdict(cfg), "reward": dataclasses.asdict(reward_cfg), "method": method,
+                "seed": args.seed, "data": args.data, "sft": args.sft, "rollouts": args.rollouts}
+    with track("align", args.dataset, args.method, args.seed, resolved, run_dir=args.out) as tracker:
+        summary = align(args.data, args.sft, args.rollouts, args.out, method, cfg, reward_cfg, args.seed, tracker,
+                        args.device)
+        tracker.log_final(summary)
+        tracker.log_artifact(f"{args.out}/diagnostics.parquet")
+        tracker.log_artifact(f"{args.out}/valid_curve.parquet")
+    write_json(f"{args.out}/summary.json", summary)
+    print(f"align done: {summary}")
+
+
 def cmd_recommend(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -108,13 +153,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from blade.evaluation import evaluate
     from blade.tracking import track
 
-    ks = tuple(int(k) for k in args.ks.split(","))
+    from blade.errors import ConfigError
+
+    try:
+        ks = tuple(int(k) for k in args.ks.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--ks {args.ks!r}: give positive integers separated by commas, e.g. 5,10,20") from exc
     config = {"recs": args.recs, "data": args.data, "split": args.split, "ks": list(ks)}
     with track(f"evaluate_{args.split}", args.dataset, args.method, args.seed, config, run_dir=args.out) as tracker:
         summary = evaluate(args.recs, args.data, args.split, args.out, ks)
         tracker.log_final({k: v for k, v in summary.items() if isinstance(v, float)})
         tracker.log_artifacts(args.out)
-    print(" ".join(f"{k}={summary[k]:.4f}" for k in ("recall@10", "ndcg@10", "invalid_rate")))
+    k = 10 if 10 in ks else max(ks)
+    print(" ".join(f"{m}={summary[m]:.4f}" for m in (f"recall@{k}", f"ndcg@{k}", "invalid_rate") if m in summary))
 
 
 def cmd_options(args: argparse.Namespace) -> None:
@@ -146,6 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default="dataset", help="dataset name for tracking")
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("rollout", help="sample M reference lists per train context from π_ref, with rewards")
+    p.add_argument("--data", required=True, help="a prepared dataset directory")
+    p.add_argument("--model", required=True, help="the SFT policy directory (…/sft/seedS/best)")
+    p.add_argument("--out", required=True, help="output Parquet file (results/rollouts/NAME/ref/seedS.parquet)")
+    p.add_argument("--config-json", default="{}", help='{"rollout": {...}, "reward": {...}}')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="override the policy's device")
+    p.add_argument("--dataset", default="dataset", help="dataset name for tracking")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("align", help="align the SFT policy with a method's objective (BLADE or a baseline)")
+    p.add_argument("--data", required=True, help="a prepared dataset directory")
+    p.add_argument("--sft", required=True, help="the SFT run directory (its best/ is π_ref and the start)")
+    p.add_argument("--rollouts", required=True, help="the reference rollouts Parquet file")
+    p.add_argument("--out", required=True, help="output directory (results/models/NAME/METHOD/seedS)")
+    p.add_argument("--config-json", default="{}",
+                   help='{"align": {...}, "reward": {...}, "method": {"objective": NAME, ...}}')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="override the policy's device")
+    p.add_argument("--dataset", default="dataset", help="dataset name for tracking")
+    p.add_argument("--method", default="blade", help="method name for tracking")
+    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("recommend", help="write top-K lists for a split (JSON lines {row, items})")
     p.add_argument("--data", required=True, help="a prepared dataset directory")

@@ -1,9 +1,12 @@
 """Recommendation files and their evaluation.
 
 The recommendations format is public, so lists from any external model can be scored: JSON lines
-``{"row": <0-based row of the split>, "items": [item_id, …]}``, one line per row of the split.
+``{"row": <0-based row of the split>, "items": [item_id, …]}``, one line per row of the split, best
+item first; ``-1`` marks an empty slot.
 ``evaluate`` writes ``per_user.parquet`` (one row per context: ``row``, ``context_id`` and one
-column per metric) and ``metrics.json`` (means and catalogue-level numbers).
+column per metric) and ``metrics.json`` (means and catalogue-level numbers). A malformed file
+raises a ``DataError`` naming the file and line and saying how to fix it; unknown, missing or
+repeated item ids are not errors but the recommender's mistakes, counted by ``invalid_rate``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import numpy as np
 import pandas as pd
 
 from blade.data.canonical import load_prepared
-from blade.errors import DataError
+from blade.errors import ConfigError, DataError
 from blade.io import atomic_path, write_json, write_parquet
 from blade.metrics import Catalogue, evaluate_lists
+
+FORMAT = '{"row": <0-based row of the split>, "items": [item ids, best first]}'
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def catalogue_for(items: pd.DataFrame, split: pd.DataFrame) -> Catalogue:
@@ -30,56 +36,102 @@ def catalogue_for(items: pd.DataFrame, split: pd.DataFrame) -> Catalogue:
 
 
 def write_recs(path: str | Path, lists: np.ndarray) -> None:
+    """One line per row of ``lists`` (R, K), ``-1`` (an empty slot) included, so ranks are kept."""
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         for row, items in enumerate(np.asarray(lists).tolist()):
             fh.write(json.dumps({"row": row, "items": items}) + "\n")
 
 
-def read_recs(path: str | Path, n_rows: int) -> np.ndarray:
-    """(n_rows, K) item ids, -1 padded. Every row of the split must appear exactly once."""
+def _is_int(x) -> bool:
+    # JSON true/false parse to bool, a subclass of int
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _lines(fh, path: Path):
+    try:
+        yield from fh
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason}); "
+                        f"write JSON lines {FORMAT}") from exc
+
+
+def read_recs(path: str | Path, n_rows: int, split: str = "split") -> np.ndarray:
+    """(n_rows, K) item ids, -1 padded (K = the longest list). Every row of the split must appear
+    exactly once. Item ids are not checked against the catalogue here: unknown ids are the
+    recommender's mistakes and ``evaluate`` counts them in ``invalid_rate``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"recommendations file {path} does not exist")
-    lists: dict[int, list[int]] = {}
-    with open(path) as fh:
-        for n, line in enumerate(fh, start=1):
+    where = f"{split} ({n_rows} rows, numbered 0..{n_rows - 1})"
+    lists: dict[int, tuple[int, list[int]]] = {}  # row -> (line number, items)
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(_lines(fh, path), start=1):
             if not line.strip():
                 continue
+            at = f"{path} line {n}"
             try:
                 rec = json.loads(line)
-                row, items = rec["row"], rec["items"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path} line {n}: expected {{\"row\": int, \"items\": [item ids]}} ({exc})") from exc
-            if not isinstance(row, int) or not 0 <= row < n_rows:
-                raise DataError(f"{path} line {n}: row {row!r} is not a row of the split (0..{n_rows - 1})")
-            if not isinstance(items, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-                raise DataError(f"{path} line {n}: items must be a list of integer item ids, got {items!r:.80}")
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{at}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                                f"each line must be one JSON object {FORMAT}") from exc
+            if not isinstance(rec, dict):
+                raise DataError(f"{at}: expected a JSON object {FORMAT}, got {type(rec).__name__} {line.strip():.60}")
+            missing = [key for key in ("row", "items") if key not in rec]
+            if missing:
+                raise DataError(f"{at}: missing key {' and '.join(map(repr, missing))}; each line must be {FORMAT}")
+            row, items = rec["row"], rec["items"]
+            if not _is_int(row):
+                raise DataError(f"{at}: \"row\" must be an integer row number of {where}, got {row!r:.40}")
+            if not 0 <= row < n_rows:
+                raise DataError(f"{at}: row {row} is not a row of {where}; rows are 0-based positions in "
+                                f"the split's Parquet file")
+            if not isinstance(items, list) or not all(_is_int(i) for i in items):
+                raise DataError(f"{at}: \"items\" must be a list of integer item ids (the item_id column of "
+                                f"items.parquet), got {items!r:.80}")
+            if any(not INT64[0] <= i <= INT64[1] for i in items):
+                raise DataError(f"{at}: an item id does not fit in 64 bits: {items!r:.80}")
             if row in lists:
-                raise DataError(f"{path} line {n}: row {row} appears twice")
-            lists[row] = items
-    missing = n_rows - len(lists)
-    if missing:
-        first = next(r for r in range(n_rows) if r not in lists)
-        raise DataError(f"{path}: {missing} rows of the split have no recommendations (first: row {first}); "
-                        "write one line per row, with an empty list where a model has nothing")
-    k = max((len(v) for v in lists.values()), default=0)
+                raise DataError(f"{at}: row {row} appears twice (first at line {lists[row][0]}); "
+                                "write exactly one line per row")
+            lists[row] = (n, items)
+    if not lists and n_rows:
+        raise DataError(f"{path} is empty: write one line {FORMAT} for each of the {n_rows} rows of {split}")
+    absent = [r for r in range(n_rows) if r not in lists]
+    if absent:
+        shown = ", ".join(map(str, absent[:5])) + (", …" if len(absent) > 5 else "")
+        raise DataError(f"{path}: {len(absent)} of the {n_rows} rows of {split} have no line (rows {shown}); "
+                        "write one line per row, with \"items\": [] where a model has nothing to recommend")
+    k = max((len(v) for _, v in lists.values()), default=0)
     out = np.full((n_rows, max(k, 1)), -1, dtype=np.int64)
-    for row, items in lists.items():
+    for row, (_, items) in lists.items():
         out[row, : len(items)] = items
     return out
 
 
 def evaluate(recs: str | Path, data_dir: str | Path, split: str, out_dir: str | Path, ks=(5, 10, 20)) -> dict:
+    """Score a recommendations file against ``split``: per-user metrics and their means.
+
+    Every metric, ``invalid_rate`` included, is measured on the top K = max(ks) slots of each
+    list: items beyond K are ignored, and a list shorter than K has its empty slots counted as
+    misses and as invalid (the recommender failed to fill them), so every row has the same
+    denominator whatever the other rows' lengths."""
+    ks = tuple(ks)
+    if not ks or not all(_is_int(k) and k >= 1 for k in ks):
+        raise ConfigError(f"cut-offs ks must be positive integers, got {list(ks)}")
     items, splits, _ = load_prepared(data_dir)
+    if split not in splits:
+        raise ConfigError(f"unknown split {split!r}; valid: {sorted(splits)}")
     frame = splits[split]
-    lists = read_recs(recs, len(frame))
-    if lists.shape[1] < max(ks):  # short lists: pad so @K metrics count the empty slots as misses
-        lists = np.pad(lists, ((0, 0), (0, max(ks) - lists.shape[1])), constant_values=-1)
+    lists = read_recs(recs, len(frame), split)
+    K = max(ks)
+    lists = np.pad(lists, ((0, 0), (0, max(0, K - lists.shape[1]))), constant_values=-1)[:, :K]
     per_user, summary = evaluate_lists(lists, frame["target"].to_numpy(), catalogue_for(items, frame), ks)
     per_user.insert(0, "context_id", frame["context_id"].to_numpy())
     per_user.insert(0, "row", np.arange(len(frame)))
     out = Path(out_dir)
     write_parquet(out / "per_user.parquet", per_user)
-    summary = {"split": split, "n_rows": len(frame), **summary}
+    # A number with nothing to measure (NaN) is left out: strict JSON readers reject NaN.
+    summary = {"split": split, "n_rows": len(frame),
+               **{k: v for k, v in summary.items() if not (isinstance(v, float) and not np.isfinite(v))}}
     write_json(out / "metrics.json", summary)
     return summary

@@ -215,6 +215,8 @@ def mgu_dgu_pooled(lists, catalogue: Catalogue, k: int, by: str = "pop") -> tupl
     rec = _group_counts(idx, catalogue.weights(by)).sum(0)
     hist, train = _reference_counts(catalogue, idx.shape[0], by)
     ref = hist.sum(0) / hist.sum() if hist.sum() > 0 else train
+    if rec.sum() == 0:  # no list holds a valid item: there is no exposure to compare
+        return float("nan"), float("nan")
     gu = rec / rec.sum() - ref
     return float(np.abs(gu).mean()), float(gu.max() - gu.min())
 
@@ -282,8 +284,16 @@ def entropy_at_k(lists, catalogue: Catalogue, k: int) -> float:
 
 # ---------------------------------------------------------------- aggregation
 def aggregate(per_user: pd.DataFrame) -> dict[str, float]:
-    """The one place per-user metrics are averaged (nan-mean: rows with nothing to measure skip)."""
-    return {c: float(np.nanmean(per_user[c].to_numpy(float))) for c in per_user.columns}
+    """The one place per-user metrics are averaged (nan-mean: rows with nothing to measure skip).
+
+    A metric with nothing to measure in any row (e.g. ILD@1) is left out rather than written as NaN,
+    which strict JSON readers reject."""
+    out = {}
+    for c in per_user.columns:
+        values = per_user[c].to_numpy(float)
+        if np.isfinite(values).any():
+            out[c] = float(np.nanmean(values))
+    return out
 
 
 def evaluate_lists(lists, targets, catalogue: Catalogue, ks=(5, 10, 20)):

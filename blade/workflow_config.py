@@ -40,3 +40,27 @@ def check_config(config: dict[str, Any]) -> None:
     from_dict(PolicyConfig, config.get("policy"), "policy")
     from_dict(SFTConfig, config.get("sft"), "sft")
     from_dict(EvalConfig, config.get("evaluate"), "evaluate")
+    _check_alignment(config)
+
+
+def _check_alignment(config: dict[str, Any]) -> None:
+    from blade.align.loop import AlignConfig
+    from blade.align.objective import objective_config
+    from blade.align.rollout import RolloutConfig
+    from blade.rewards import RewardConfig
+
+    from_dict(RewardConfig, config.get("reward"), "reward")
+    rollout = from_dict(RolloutConfig, config.get("rollout"), "rollout")
+    align = from_dict(AlignConfig, config.get("align"), "align")
+    if rollout.k != align.k:
+        raise ConfigError(f"rollout.k={rollout.k} and align.k={align.k} differ; the prior must describe the lists "
+                          "alignment samples, so set them equal")
+    methods = config.get("methods") or {}
+    for name in config.get("run", {}).get("methods", []):
+        if name not in methods:
+            raise ConfigError(f"run.methods names '{name}', which is not defined under methods: {sorted(methods)}")
+        if name in ("sft", "mostpop", "cooc"):
+            raise ConfigError(f"run.methods: '{name}' is a reserved row name (SFT or a reference); rename the method")
+    for name, entry in methods.items():
+        options = dict(entry)
+        objective_config(options.pop("objective"), options, f"methods.{name}")

@@ -2,10 +2,12 @@
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -29,6 +31,21 @@ def test_whole_dag_on_test_config(tmp_path):
     assert stats["n_rows"]["test"] == 200 and stats["n_items"] == 60
     assert (tmp_path / "results/logs/prepare/tiny.log").read_text().startswith("prepared")
     assert (tmp_path / "results/benchmarks/prepare/tiny.tsv").is_file()
+    for method in ("sft", "blade", "blade_static", "mostpop", "cooc"):
+        for split in ("valid", "test"):
+            metrics = json.loads((tmp_path / f"results/eval/tiny/{method}/seed0/{split}/metrics.json").read_text())
+            assert 0 <= metrics["ndcg@10"] <= metrics["recall@10"] <= 1, (method, split, metrics)
+            assert metrics["invalid_rate"] == 0, (method, split)
+    rollouts = pd.read_parquet(tmp_path / "results/rollouts/tiny/ref/seed0.parquet")
+    assert rollouts.groupby("row").size().eq(8).all() and rollouts["row"].nunique() == 300
+    for method in ("blade", "blade_static"):
+        diag = pd.read_parquet(tmp_path / f"results/models/tiny/{method}/seed0/diagnostics.parquet")
+        assert diag["step"].tolist() == list(range(1, 7)) and diag["weight_spread"].notna().all()
+    runs = sqlite3.connect(tmp_path / "results/mlflow.db").execute(
+        "select name, status from runs").fetchall()
+    stages = {name.split("__")[-1] for name, _ in runs}
+    assert {"sft", "rollout", "align", "evaluate_valid", "evaluate_test"} <= stages, stages
+    assert all(status == "FINISHED" for _, status in runs), runs
     again = snakemake(tmp_path, "--configfile", str(ROOT / ".test" / "config.yaml"))
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -59,7 +76,8 @@ def test_paper_config_prepares_real_datasets(video_games, goodreads, tmp_path):
     work.mkdir()
     (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
     shutil.copytree(ROOT / "config", work / "config")
-    done = snakemake(work, "--configfile", str(ROOT / "config" / "paper.yaml"))
+    done = snakemake(work, "--configfile", str(ROOT / "config" / "paper.yaml"),
+                     "results/data/video_games/stats.json", "results/data/goodreads/stats.json")
     assert done.returncode == 0, done.stderr[-3000:]
     vg = json.loads((work / "results/data/video_games/stats.json").read_text())
     assert vg["n_rows"] == {"train": 49133, "valid": 6142, "test": 6142}

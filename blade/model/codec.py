@@ -9,7 +9,10 @@ For the ``tiny`` model the tokenizer is built here: a word-level vocabulary of i
 (``atomic``) or a BPE tokenizer trained on the catalogue's titles with the ``tokenizers`` library
 (``title``); either is saved as a normal ``transformers`` tokenizer beside the weights. For a
 ``pretrained`` model its own tokenizer is used (``atomic`` adds the item tokens to it; ``title``
-ends each code with the newline token).
+writes one title per line: each code is the title tokenised as it reads at the start of a line,
+then the newline token, so that prompt + codes decode to the natural text
+``…### Response:\\nTitle A\\nTitle B\\n`` and, for byte-level BPE tokenizers, equal the tokenizer's own
+encoding of that text).
 """
 
 from __future__ import annotations
@@ -81,8 +84,11 @@ class ItemCodec:
                 tokenizer.add_tokens(names)
             codes = [[t] for t in tokenizer.convert_tokens_to_ids(names)]
         elif kind == "title":
-            end = tokenizer.convert_tokens_to_ids("[EOI]") if style == "tiny" else _newline_id(tokenizer)
-            enc = tokenizer(titles if style == "tiny" else [" " + t for t in titles], add_special_tokens=False)["input_ids"]
+            if style == "tiny":
+                end = tokenizer.convert_tokens_to_ids("[EOI]")
+                enc = tokenizer(titles, add_special_tokens=False)["input_ids"]
+            else:
+                end, enc = _newline_id(tokenizer), _line_start_tokens(tokenizer, titles)
             codes = [c + [end] for c in enc]
             if any(end in c[:-1] for c in codes):
                 raise DataError("an item title tokenises to the end-of-item token; clean the titles of newlines")
@@ -105,8 +111,13 @@ class ItemCodec:
 
     @property
     def pad_id(self) -> int:
+        """Filler id for padded positions. They are always masked out of attention and of every
+        log-prob, so any id works; tokenizers without a pad token (Llama's) use EOS, or 0."""
         tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        for tid in (tok.pad_token_id, tok.eos_token_id):
+            if tid is not None:
+                return tid
+        return 0
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -126,7 +137,32 @@ class ItemCodec:
 
 
 def _newline_id(tokenizer) -> int:
+    """The token that ends a line. SentencePiece tokenizers (Llama-2) encode a lone "\\n" as a
+    word-start piece followed by the newline byte, so the last piece is the one that counts."""
     ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise DataError(f"the tokenizer splits a newline into {ids}; the title codec needs one newline token")
-    return ids[0]
+    if ids and tokenizer.decode(ids[-1:]) == "\n" and (len(ids) == 1 or not tokenizer.decode(ids[:-1]).strip()):
+        return ids[-1]
+    raise DataError(f"the tokenizer encodes a newline as {ids}, with no single newline token; the title codec "
+                    "ends every item with one — use the atomic codec with this model")
+
+
+def _line_start_tokens(tokenizer, titles: list[str]) -> list[list[int]]:
+    """Each title's tokens as they read right after a newline (the start of a response line).
+
+    Tokenising a title on its own is not enough: byte-level BPE marks a leading space on the first
+    word and SentencePiece adds a word-start piece, and either would make the model write text it
+    never reads that way. Encoding "\\n" + title and dropping the tokens of "\\n" gives the
+    in-context tokens (the newline never merges with the following letters in these tokenizers;
+    where it does, the title's own encoding is the fallback, still prefix-free with the end token).
+    """
+    anchor = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    enc = tokenizer(["\n" + t for t in titles], add_special_tokens=False)["input_ids"]
+    alone = None
+    out = []
+    for n, ids in enumerate(enc):
+        if ids[: len(anchor)] == anchor and len(ids) > len(anchor):
+            out.append(ids[len(anchor):])
+        else:
+            alone = alone or tokenizer(titles, add_special_tokens=False)["input_ids"]
+            out.append(alone[n])
+    return out

@@ -92,16 +92,28 @@ class Policy:
             tokenizer = AutoTokenizer.from_pretrained(config.path, trust_remote_code=False)
             codec = ItemCodec.build(config.codec, items, tokenizer, "pretrained", config.template)
             model = AutoModelForCausalLM.from_pretrained(config.path, dtype=dtype, trust_remote_code=False)
-            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-                model.resize_token_embeddings(len(tokenizer))
+            _fit_vocab(model, tokenizer)
             if config.lora is not None:
                 model = _wrap_lora(model, config)
         return cls(model.to(resolve_device(config.device)), codec, config)
 
     def save(self, directory: str | Path) -> None:
+        """Weights (LoRA: the adapter only, which names ``config.path`` as its base), tokenizer,
+        codec and resolved config, all in ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
+        if _is_peft(self.model):
+            # Decided here, not by peft's "auto" (which reads the base config, from the hub for a
+            # hub id, at every save): the base embeddings go into the adapter only when they were
+            # resized (their new rows are random, so the base folder cannot restore them) and are
+            # not already saved whole as modules_to_save.
+            base = self.model.get_base_model()
+            layers = (base.get_input_embeddings(), base.get_output_embeddings())
+            in_adapter = all(hasattr(m, "modules_to_save") for m in layers)  # peft's ModulesToSaveWrapper
+            resized = not in_adapter and layers[0].num_embeddings != _base_vocab_size(self.config)
+            self.model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=resized)
+        else:
+            self.model.save_pretrained(directory, safe_serialization=True)
         self.codec.save(directory)
         write_json(directory / "policy.json", dataclasses.asdict(self.config))
 
@@ -119,8 +131,10 @@ class Policy:
             from peft import PeftModel
 
             base = AutoModelForCausalLM.from_pretrained(config.path, dtype=dtype, trust_remote_code=False)
-            if len(codec.tokenizer) > base.get_input_embeddings().num_embeddings:
-                base.resize_token_embeddings(len(codec.tokenizer))
+            # the same shape as at save time; the adapter holds the new rows (as modules_to_save or
+            # saved embedding layers), so no mean-resizing (costly on a real vocabulary, and it draws
+            # from the global RNG)
+            _fit_vocab(base, codec.tokenizer, mean_resizing=False)
             model = PeftModel.from_pretrained(base, directory, is_trainable=True)
         else:
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, trust_remote_code=False)
@@ -152,12 +166,41 @@ class Policy:
         return logp * mask, mask
 
 
+def _fit_vocab(model, tokenizer, mean_resizing: bool = True) -> None:
+    """Grow the embeddings when the tokenizer has more tokens than the model has rows (the atomic
+    codec's item tokens). Many checkpoints (Qwen2) already have spare rows; those are used as is."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=mean_resizing)
+
+
+def _base_vocab_size(config: PolicyConfig) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(config.path, trust_remote_code=False).get_text_config().vocab_size
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def _embedding_names(model) -> list[str]:
+    """Module names (last component) of the input embedding and the LM head: ``embed_tokens`` and
+    ``lm_head`` in Qwen2/Llama, ``wte`` in GPT-2 — read from the model, not assumed."""
+    layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+    return [name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if any(mod is m for m in layers)]
+
+
 def _wrap_lora(model, config: PolicyConfig):
     from peft import LoraConfig, get_peft_model
 
     lora = config.lora
-    # Item tokens added by the atomic codec have fresh embeddings: train them fully.
-    extra = ["embed_tokens", "lm_head"] if config.codec == "atomic" else None
+    # Item tokens added by the atomic codec have fresh (or never-trained spare) embedding and
+    # output rows that LoRA cannot reach: train both layers fully and save them in the adapter.
+    # Where the checkpoint ties the LM head to the embedding (small Qwen2.5, Llama-3.2), the two
+    # trained copies stay one tied matrix, as in the base architecture.
+    extra = _embedding_names(model) if config.codec == "atomic" else None
+    tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
     peft_cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=lora.targets, modules_to_save=extra, task_type="CAUSAL_LM")
+                          target_modules=lora.targets, modules_to_save=extra, task_type="CAUSAL_LM",
+                          ensure_weight_tying=bool(extra) and tied)
     return get_peft_model(model, peft_cfg)

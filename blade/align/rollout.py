@@ -1,0 +1,107 @@
+"""Reference rollouts (`blade rollout`): M lists per training context sampled from π_ref.
+
+They are BLADE's historical prior (the reference reward distribution of every context, METHOD.md
+§3), the static estimators' ``F̂_ref`` and the offline data of the preference baselines (DPO,
+S-DPO, BoNBoN draw their pairs from them). One Parquet row per list:
+``row`` (train-split row), ``sample`` (0..M-1), ``items`` (list of item ids), ``reward`` (the
+configured weighted reward) and one column per reward component.
+
+Sampling is seeded per chunk of contexts (``[seed, chunk]``), so a killed job restarts from the
+chunks it already wrote (``<out>.parts/``) and produces the same file, then merges them
+atomically. (The draws depend on ``batch_size``, which splits each chunk into sampler batches.)
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from blade.config import option
+from blade.data.canonical import load_prepared
+from blade.io import write_parquet
+from blade.model.policy import Policy
+from blade.rewards import ListReward, RewardConfig
+from blade.sampling import ListSampler
+from blade.seeding import seed_everything
+
+
+@dataclass
+class RolloutConfig:
+    m: int = option(16, help="reference lists per training context (METHOD.md M)")
+    k: int = option(10, help="list length K (the same K alignment trains with)")
+    temperature: float = option(1.0, help="sampling temperature of π_ref")
+    top_p: float = option(1.0, help="nucleus sampling threshold")
+    max_contexts: int = option(0, help="train rows that get rollouts (a fixed seeded subset); 0 = all")
+    chunk: int = option(512, help="contexts per seeded chunk (also the restart granularity)")
+    batch_size: int = option(512, help="lists per sampler batch")
+
+    def __post_init__(self) -> None:
+        if self.m < 1 or self.k < 1 or self.chunk < 1 or self.batch_size < 1:
+            raise ValueError("m, k, chunk and batch_size must be positive")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+        if self.max_contexts < 0:
+            raise ValueError("max_contexts must be >= 0 (0 = all train rows)")
+
+
+def context_rows(n_train: int, max_contexts: int) -> np.ndarray:
+    """The train rows that get rollouts: all, or a fixed subset independent of the run's seed."""
+    if not max_contexts or max_contexts >= n_train:
+        return np.arange(n_train)
+    return np.sort(np.random.default_rng(0).choice(n_train, size=max_contexts, replace=False))
+
+
+def sample_groups(policy: Policy, histories: list[list[int]], k: int, group: int, temperature: float,
+                  top_p: float, batch_size: int, generator: torch.Generator):
+    """``group`` sampled lists per history, rows ordered context-major: (len(histories)·group, …)."""
+    prompt_of = [policy.codec.prompt(h, k) for h in histories]
+    prompts = [p for p in prompt_of for _ in range(group)]
+    sampler = ListSampler(policy, k, temperature=temperature, top_p=top_p, batch_size=batch_size)
+    return sampler.generate(prompts, greedy=False, generator=generator), prompts
+
+
+def reference_rollouts(data_dir: str | Path, model_dir: str | Path, out_path: str | Path, cfg: RolloutConfig,
+                       reward_cfg: RewardConfig, seed: int, device: str | None = None) -> dict:
+    out_path = Path(out_path)
+    parts = out_path.with_name(out_path.name + ".parts")
+    seed_everything(seed)
+    items, splits, stats = load_prepared(data_dir)
+    train = splits["train"]
+    reward = ListReward(reward_cfg, items, train, stats)
+    policy = Policy.load(model_dir, device)
+    policy.model.eval()
+    rows = context_rows(len(train), cfg.max_contexts)
+    histories = train["history"].tolist()
+    targets = train["target"].to_numpy()
+    n_chunks = -(-len(rows) // cfg.chunk)
+    invalid = []
+    for c in tqdm(range(n_chunks), desc="reference rollouts", mininterval=5):
+        part = parts / f"chunk{c:06d}.parquet"
+        if part.is_file():  # written by an earlier, interrupted run
+            continue
+        chunk_rows = rows[c * cfg.chunk:(c + 1) * cfg.chunk]
+        gen = torch.Generator(device=policy.device).manual_seed(int(np.random.SeedSequence([seed, c]).generate_state(1)[0]))
+        lists, _ = sample_groups(policy, [histories[r] for r in chunk_rows], cfg.k, cfg.m, cfg.temperature,
+                                 cfg.top_p, cfg.batch_size, gen)
+        invalid.append(lists.invalid_rate)
+        ctx = np.repeat(chunk_rows, cfg.m)
+        scores = reward([histories[r] for r in ctx], targets[ctx], lists.items.numpy())
+        frame = pd.DataFrame({"row": ctx, "sample": np.tile(np.arange(cfg.m), len(chunk_rows)),
+                              "items": list(lists.items.numpy())})
+        for name, values in scores.items():
+            frame[name] = values.astype(np.float64)
+        write_parquet(part, frame)
+    frame = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob("chunk*.parquet"))], ignore_index=True)
+    write_parquet(out_path, frame)
+    shutil.rmtree(parts, ignore_errors=True)
+    per_ctx = frame.groupby("row")["reward"]
+    return {"contexts": int(len(rows)), "lists": int(len(frame)), "reward_mean": float(frame["reward"].mean()),
+            "reward_max": float(frame["reward"].max()),
+            "contexts_all_equal": float((per_ctx.nunique() == 1).mean()),  # no within-context spread at all
+            "invalid_rate": float(np.mean(invalid)) if invalid else 0.0}
