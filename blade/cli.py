@@ -168,15 +168,37 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(" ".join(f"{m}={summary[m]:.4f}" for m in (f"recall@{k}", f"ndcg@{k}", "invalid_rate") if m in summary))
 
 
-def cmd_options(args: argparse.Namespace) -> None:
-    from blade.config import describe
+def _config_sections() -> dict[str, type]:
+    from blade.align.loop import AlignConfig
+    from blade.align.rollout import RolloutConfig
     from blade.data.canonical import DatasetSpec
-    from blade.data.sources import get_source
+    from blade.model.policy import PolicyConfig
+    from blade.rewards import RewardConfig
+    from blade.train.sft import SFTConfig
+    from blade.workflow_config import EvalConfig
 
-    if args.source == "dataset":
-        print(describe(DatasetSpec))
+    return {"dataset": DatasetSpec, "policy": PolicyConfig, "sft": SFTConfig, "reward": RewardConfig,
+            "rollout": RolloutConfig, "align": AlignConfig, "evaluate": EvalConfig}
+
+
+def cmd_options(args: argparse.Namespace) -> None:
+    from blade.align.objective import OBJECTIVES, objective_class
+    from blade.config import describe
+    from blade.data.sources import SOURCES, get_source
+    from blade.errors import ConfigError
+
+    sections = _config_sections()
+    if args.name in sections:
+        print(describe(sections[args.name]))
+    elif args.name in SOURCES:
+        print(describe(get_source(args.name).Params))
     else:
-        print(describe(get_source(args.source).Params))
+        try:
+            cls = objective_class(args.name)
+        except ConfigError:
+            raise ConfigError(f"options: unknown name {args.name!r}; give a config section {sorted(sections)}, "
+                              f"a data source {sorted(SOURCES)} or a method objective {sorted(OBJECTIVES)}") from None
+        print(describe(cls.config_class) if cls.config_class else f"objective {args.name!r} has no options")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="tracking: seed")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("options", help="list the options of a data source (or 'dataset')")
-    p.add_argument("source", help="dataset | synthetic | bigrec_csv | instruction_json | amazon2018")
+    p = sub.add_parser("options", help="list the options of a config section, a data source or a method objective")
+    p.add_argument("name", help="a section (dataset, policy, sft, reward, rollout, align, evaluate), a source "
+                                "(synthetic, bigrec_csv, instruction_json, amazon2018) or an objective (blade, …)")
     p.set_defaults(func=cmd_options)
     return parser
 

@@ -43,3 +43,15 @@ def test_prepare_errors_are_one_clear_line(tmp_path, args, message):
 def test_options_lists_source_params():
     done = blade("options", "synthetic")
     assert done.returncode == 0 and "| `n_items` | `300` |" in done.stdout
+
+
+@pytest.mark.parametrize("name, row", [("align", "| `group_size` | `8` |"), ("blade", "| `kappa0` | `4.0` |"),
+                                       ("reward", "| `weights` |")])
+def test_options_lists_sections_and_objectives(name, row):
+    done = blade("options", name)
+    assert done.returncode == 0 and row in done.stdout, done.stdout
+
+
+def test_options_unknown_name_is_a_clear_error():
+    done = blade("options", "bladee")
+    assert done.returncode == 2 and "unknown name 'bladee'" in done.stderr and "blade" in done.stderr
