@@ -76,8 +76,9 @@ def test_paper_config_prepares_real_datasets(video_games, goodreads, tmp_path):
     work.mkdir()
     (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
     shutil.copytree(ROOT / "config", work / "config")
-    done = snakemake(work, "--configfile", str(ROOT / "config" / "paper.yaml"),
-                     "results/data/video_games/stats.json", "results/data/goodreads/stats.json")
+    # the targets go first: --configfile takes every path that follows it
+    done = snakemake(work, "results/data/video_games/stats.json", "results/data/goodreads/stats.json",
+                     "--configfile", str(ROOT / "config" / "paper.yaml"))
     assert done.returncode == 0, done.stderr[-3000:]
     vg = json.loads((work / "results/data/video_games/stats.json").read_text())
     assert vg["n_rows"] == {"train": 49133, "valid": 6142, "test": 6142}
