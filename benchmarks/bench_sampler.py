@@ -5,18 +5,30 @@
     callback that allows only trie-valid tokens of items not yet listed (the way BIGRec/D3 decode):
     same model, same prompts, same batch, same K, same validity — the outputs are asserted equal
     before anything is timed. Both the atomic and the title codec.
+    The callback's prefix tables are built once per catalogue, outside the timed calls (as BIGRec
+    builds its prefix dictionary once, and as our trie is built when the sampler is made); per call
+    it parses each row's generated tokens and excludes the items already listed.
 (b) how our throughput changes with the catalogue size (atomic codec), and which part of a decoding
-    step dominates at each size: transformer body and LM head (timed with forward hooks on
-    ``model.model`` / ``model.lm_head``), and the sampler's own mask construction, choice
-    (softmax/top-p/sampling/log-prob gathering) and trie/bookkeeping (timed per source line of
-    ``ListSampler._generate`` with a line tracer, sections split at its ``# ----`` comments).
+    step dominates at each size: transformer body and LM head (timed with hooks on the input embedding
+    and the LM head, which every decoding path calls: body = embedding up to the head), and the
+    sampler's own mask construction, choice (log-sum-exp, masking, argmax or sampling, log-probs) and
+    trie/bookkeeping (timed per source line of ``ListSampler._generate`` with a line tracer, sections
+    split at its ``# ----`` comments; the choice also line by line, in runs of its own).
+
+Fairness: the same model object, prompts, batch, K and validity for both; generate() pays its
+per-row Python callback and per-row mask scatter — the point of the comparison — and nothing else of
+ours: no setup (prefix tables / trie) is timed on either side. The model is the default tiny policy
+of config/config.yaml (Qwen2, 2 layers, hidden 64); the batch (256) is what the suite decodes with;
+the sampled mode uses the rollouts' defaults (temperature 1, top-p 1). ``--threads`` pins torch's
+intra-op threads for both (on a busy 2-core machine 1 thread is the less noisy choice).
 
 Timings: warm-up first, then the median of ``--repeats`` runs. Peak memory: on CPU the resident-set
 high-water mark (``ru_maxrss`` / ``VmHWM``) is reset through ``/proc/self/clear_refs`` before a run and
 the peak above the resident size at its start is reported (where the reset is not possible, the
 ``ru_maxrss`` delta, a lower bound); on CUDA ``torch.cuda.max_memory_allocated`` above the start.
 
-    python benchmarks/bench_sampler.py                      # default run (a few minutes on 2 cores)
+    python benchmarks/bench_sampler.py                      # default run (several minutes on 2 cores)
+    python benchmarks/bench_sampler.py --threads 1 --batch 64   # one thread, the smaller batch
     python benchmarks/bench_sampler.py --quick              # smoke run, seconds
     python benchmarks/bench_sampler.py --device cuda --dtype bfloat16 --out results/bench_sampler.json
 """
@@ -49,7 +61,7 @@ if str(ROOT) not in sys.path:
 
 from blade.io import write_json  # noqa: E402
 from blade.model.policy import Policy, PolicyConfig  # noqa: E402
-from blade.sampling import ListSampler  # noqa: E402
+from blade.sampling import ListSampler, _Chooser, _LeanLM  # noqa: E402
 
 WORDS = ["secret", "voyage", "endless", "tower", "shadow", "kingdom", "frozen", "mirror", "last", "machine", "crimson",
          "legend", "star", "forge", "silent", "hunter", "iron", "garden", "lost", "empire", "neon", "drift", "royal",
@@ -76,7 +88,7 @@ class PrefixAllowedTokens:
     """``prefix_allowed_tokens_fn`` for ``model.generate``: a prefix dictionary over the item codes
     (as BIGRec/D3 build it) plus the exclusion of items already in the row's list."""
 
-    def __init__(self, codec, k: int, prompt_len: int):
+    def __init__(self, codec, k: int, prompt_len: int = 0):
         self.k, self.P, self.pad = k, prompt_len, codec.pad_id
         self.codes = [tuple(c) for c in codec.codes]
         self.code_item = {c: i for i, c in enumerate(self.codes)}
@@ -87,6 +99,12 @@ class PrefixAllowedTokens:
                 self.count[c[: n + 1]] += 1
         self.children = {p: sorted(s) for p, s in children.items()}
         self.seconds = 0.0  # time spent inside the callback
+
+    def reset(self, prompt_len: int) -> "PrefixAllowedTokens":
+        """Ready for one ``generate`` call on prompts left-padded to ``prompt_len``; the prefix tables
+        are built once per catalogue (like BIGRec's), outside the timed calls, as our trie is."""
+        self.P, self.seconds = prompt_len, 0.0
+        return self
 
     def parse(self, gen: list[int]) -> tuple[list[tuple], tuple]:
         listed, cur = [], ()
@@ -129,10 +147,22 @@ def left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, 
     return ids.to(device), attn.to(device)
 
 
+_PREFIX: dict = {}
+
+
+def prefix_fn(pol: Policy, k: int) -> PrefixAllowedTokens:
+    """The callback's prefix tables for this catalogue and K, built once (setup, not timed)."""
+    key = (id(pol.codec), k)
+    if key not in _PREFIX:
+        _PREFIX.clear()
+        _PREFIX[key] = PrefixAllowedTokens(pol.codec, k)
+    return _PREFIX[key]
+
+
 def hf_generate(pol: Policy, prompts: list[list[int]], k: int) -> tuple[torch.Tensor, float]:
     """Constrained greedy decoding with ``model.generate``; returns (items (R, K), callback seconds)."""
     ids, attn = left_pad(prompts, pol.codec.pad_id, pol.device)
-    fn = PrefixAllowedTokens(pol.codec, k, ids.shape[1])
+    fn = prefix_fn(pol, k).reset(ids.shape[1])
     depth = max(map(len, fn.codes))
     with torch.no_grad():
         out = pol.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=k * depth, do_sample=False,
@@ -201,36 +231,39 @@ def median_time(fn, device: torch.device, repeats: int, warmup: int) -> tuple[fl
 
 # ---- step breakdown -------------------------------------------------------------------------------
 class ForwardTimer:
-    """Forward hooks on the transformer body and the LM head; prefill (seq > 1) and decode steps apart."""
+    """Times the model's forward passes with hooks on the modules every decoding path calls, the input
+    embedding and the LM head: body = embedding lookup up to the LM head (layers, final norm, mask and
+    cache handling), head = the LM head; prefill (a prompt: token ids of shape (R, P>1)) and decode
+    steps (one token per row: (R,) or (R, 1)) apart. Works for ``ListSampler``'s lean decoder, which
+    calls the blocks' modules directly, and for a model's own ``forward``."""
 
     def __init__(self, model, device: torch.device):
         self.device = device
         self.t = Counter()
         self.n = Counter()
-        self._start: dict[str, float] = {}
-        self._kind: dict[str, str] = {}
-        self.handles = []
-        for name, mod in (("body", model.model), ("head", model.lm_head)):
-            self.handles.append(mod.register_forward_pre_hook(self._pre(name), with_kwargs=True))
-            self.handles.append(mod.register_forward_hook(self._post(name), with_kwargs=True))
+        self._start = 0.0
+        self._kind = "prefill"
+        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+        self.handles = [emb.register_forward_pre_hook(self._body_start), head.register_forward_pre_hook(self._head_start),
+                        head.register_forward_hook(self._head_end)]
 
-    def _pre(self, name):
-        def hook(mod, args, kwargs):
-            x = kwargs.get("input_ids", args[0] if args else None)
-            if x is None:
-                x = kwargs.get("inputs_embeds")
-            self._kind[name] = "decode" if x is not None and x.shape[1] == 1 else "prefill"
-            sync(self.device)
-            self._start[name] = time.perf_counter()
-        return hook
+    def _body_start(self, mod, args):
+        x = args[0]
+        self._kind = "decode" if x.dim() == 1 or x.shape[1] == 1 else "prefill"
+        sync(self.device)
+        self._start = time.perf_counter()
 
-    def _post(self, name):
-        def hook(mod, args, kwargs, out):
-            sync(self.device)
-            key = f"{self._kind.get('body', 'prefill')}_{name}"
-            self.t[key] += time.perf_counter() - self._start[name]
-            self.n[key] += 1
-        return hook
+    def _head_start(self, mod, args):
+        sync(self.device)
+        now = time.perf_counter()
+        self.t[f"{self._kind}_body"] += now - self._start
+        self.n[f"{self._kind}_body"] += 1
+        self._start = now
+
+    def _head_end(self, mod, args, out):
+        sync(self.device)
+        self.t[f"{self._kind}_head"] += time.perf_counter() - self._start
+        self.n[f"{self._kind}_head"] += 1
 
     def remove(self) -> None:
         for h in self.handles:
@@ -294,15 +327,57 @@ class LineTimer:
             sys.settrace(None)
 
 
-def hottest_lines(timers: list[LineTimer], iters: float, top: int = 6) -> list[dict]:
-    """The sampler's own most expensive source lines (model-call and setup lines left out), ms per step."""
-    src = dict(zip(range(inspect.getsourcelines(ListSampler._generate)[1], 10**6),
-                   inspect.getsourcelines(ListSampler._generate)[0]))
-    lines = {ln for lt in timers for ln in lt.by_line}
-    ms = {ln: 1e3 * statistics.median(lt.by_line.get(ln, 0.0) for lt in timers) / iters for ln in lines}
-    own = [ln for ln in ms if timers[0].section.get(ln) in ("mask", "choose", "trie")]
-    return [{"line": ln, "section": timers[0].section[ln], "ms_per_step": ms[ln], "source": src[ln].strip()}
-            for ln in sorted(own, key=ms.get, reverse=True)[:top]]
+class ChooseTimer:
+    """Wall time per source line of the token choice (``blade.sampling._Chooser.__call__``; a line
+    that calls a helper includes it), in runs of their own so that the section timings above carry
+    no tracing cost of it."""
+
+    def __init__(self, device: torch.device):
+        self.code = _Chooser.__call__.__code__
+        self.device = device
+        self.by_line = Counter()
+        self._last: dict[int, tuple[float, int]] = {}
+
+    def _local(self, frame, event, arg):
+        if event in ("line", "return"):
+            sync(self.device)
+            now = time.perf_counter()
+            last = self._last.pop(id(frame), None)
+            if last is not None:
+                self.by_line[last[1]] += now - last[0]
+            if event == "line":
+                self._last[id(frame)] = (now, frame.f_lineno)
+        return self._local
+
+    def _global(self, frame, event, arg):
+        return self._local if event == "call" and frame.f_code is self.code else None
+
+    def run(self, fn):
+        sys.settrace(self._global)
+        try:
+            return fn()
+        finally:
+            sys.settrace(None)
+
+
+def _source(fn) -> dict[int, str]:
+    lines, first = inspect.getsourcelines(fn)
+    return {first + i: text.strip() for i, text in enumerate(lines)}
+
+
+def hottest_lines(timers: list[LineTimer], choose_timers: list[ChooseTimer], iters: float, top: int = 6) -> list[dict]:
+    """The sampler's own most expensive source lines, ms per step: the mask/choose/trie lines of
+    ``ListSampler._generate``, with the call of the chooser replaced by the chooser's own lines."""
+    gen_src, ch_src = _source(ListSampler._generate), _source(_Chooser.__call__)
+    rows = []
+    for ln in {ln for lt in timers for ln in lt.by_line}:
+        section = timers[0].section.get(ln)
+        if section in ("mask", "choose", "trie") and not (section == "choose" and "choose(" in gen_src[ln]):
+            rows.append((1e3 * statistics.median(lt.by_line.get(ln, 0.0) for lt in timers) / iters, section, gen_src[ln]))
+    for ln in {ln for ct in choose_timers for ln in ct.by_line}:
+        rows.append((1e3 * statistics.median(ct.by_line.get(ln, 0.0) for ct in choose_timers) / iters, "choose",
+                     "_Chooser: " + ch_src[ln]))
+    return [{"ms_per_step": ms, "section": sec, "source": src} for ms, sec, src in sorted(rows, reverse=True)[:top]]
 
 
 def breakdown(pol: Policy, sampler: ListSampler, prompts, greedy: bool, repeats: int, gen=None) -> dict:
@@ -321,11 +396,15 @@ def breakdown(pol: Policy, sampler: ListSampler, prompts, greedy: bool, repeats:
             fwd.append(dict(timer.t) | {f"n_{k}": v for k, v in timer.n.items()})
     finally:
         timer.remove()
-    lines = []
+    lines, chooses = [], []
     for _ in range(repeats):
         lt = LineTimer(device)
         lt.run(run)
         lines.append(lt)
+    for _ in range(repeats):
+        ct = ChooseTimer(device)
+        ct.run(run)
+        chooses.append(ct)
     med = lambda key: statistics.median(f.get(key, 0.0) for f in fwd)  # noqa: E731
     n_batches = -(-len(prompts) // sampler.batch_size)
     iters = statistics.median(lt.iterations for lt in lines)
@@ -346,7 +425,7 @@ def breakdown(pol: Policy, sampler: ListSampler, prompts, greedy: bool, repeats:
         },
         "traced_sections_s": sec,
         "traced_total_s": statistics.median(sum(lt.t.values()) for lt in lines),
-        "hottest_lines": hottest_lines(lines, iters),
+        "hottest_lines": hottest_lines(lines, chooses, iters),
     }
     tot = out["ms_per_step"]["total"]
     out["share"] = {k: v / tot for k, v in out["ms_per_step"].items() if k != "total"}
@@ -361,6 +440,10 @@ def build_policy(codec: str, items: pd.DataFrame, args) -> Policy:
     pol = Policy.build(cfg, items)
     pol.model.eval()
     return pol
+
+
+def decoder(pol: Policy) -> str:
+    return "lean" if ListSampler.lean and _LeanLM.supports(pol.model) else "model forward"
 
 
 def compare(pol: Policy, prompts, k: int, args, label: str) -> dict:
@@ -385,7 +468,7 @@ def compare(pol: Policy, prompts, k: int, args, label: str) -> dict:
     bd = breakdown(pol, sampler, prompts, True, args.repeats)
     n = len(prompts)
     return {
-        "contexts": n, "k": k, "items": len(pol.codec.item_ids), "equal_outputs": equal,
+        "contexts": n, "k": k, "items": len(pol.codec.item_ids), "equal_outputs": equal, "decoder": decoder(pol),
         "code_len_mean": sum(map(len, pol.codec.codes)) / len(pol.codec.codes),
         "ours_s": t_ours, "ours_runs_s": all_ours, "ours_lists_per_s": n / t_ours,
         "generate_s": t_gen, "generate_runs_s": all_gen, "generate_lists_per_s": n / t_gen,
@@ -398,7 +481,7 @@ def compare(pol: Policy, prompts, k: int, args, label: str) -> dict:
 
 def scale(pol: Policy, prompts, k: int, args) -> dict:
     """(b): our throughput (greedy and sampled) and the step breakdown at one catalogue size."""
-    device, out = pol.device, {"items": len(pol.codec.item_ids), "contexts": len(prompts), "k": k}
+    device, out = pol.device, {"items": len(pol.codec.item_ids), "contexts": len(prompts), "k": k, "decoder": decoder(pol)}
     for mode in ("greedy", "sample"):
         greedy = mode == "greedy"
         sampler = ListSampler(pol, k=k, temperature=1.0, top_p=args.top_p, batch_size=args.batch)
@@ -435,12 +518,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--batch", type=int, default=64, help="contexts per batch (and per timed call)")
+    ap.add_argument("--batch", type=int, default=256,
+                    help="contexts per batch (and per timed call); 256 is what the suite decodes with "
+                         "(recommend --batch-size, sft.eval_batch_size)")
     ap.add_argument("--k", type=int, default=10, help="list length")
     ap.add_argument("--ratio-items", type=int, default=1000, help="(a) catalogue size")
     ap.add_argument("--codecs", default="atomic,title", help="(a) codecs to compare")
     ap.add_argument("--sizes", default="1000,10000,100000", help="(b) catalogue sizes (atomic codec)")
-    ap.add_argument("--top-p", type=float, default=0.95, help="(b) nucleus for the sampled mode")
+    ap.add_argument("--top-p", type=float, default=1.0,
+                    help="(b) nucleus for the sampled mode (1.0: the rollouts' default, align.top_p)")
     ap.add_argument("--gen-full-upto", type=int, default=10000,
                     help="(b) generate() baseline on all contexts up to this catalogue size ...")
     ap.add_argument("--gen-contexts-large", type=int, default=16, help="... and on this many above it")
@@ -452,6 +538,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=256)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--no-lean", action="store_true",
+                    help="run ListSampler through the model's own forward (DynamicCache) instead of its lean decoder")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--allow-mismatch", action="store_true", help="time even if greedy outputs differ (bf16 near-ties)")
     ap.add_argument("--skip-a", action="store_true", help="skip part (a)")
@@ -464,6 +552,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.gen_full_upto, args.gen_contexts_large = 60, 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_lean:
+        ListSampler.lean = False
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -480,7 +570,8 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"config": vars(args).copy(), "env": env, "compare": {}, "scaling": {}}
     print(f"# ListSampler benchmark — {env}")
     print(f"# model: tiny Qwen2, {args.layers} layers, hidden {args.hidden}; batch {args.batch}, K {args.k}; "
-          f"median of {args.repeats} after {args.warmup} warm-up")
+          f"median of {args.repeats} after {args.warmup} warm-up; ListSampler decoder: "
+          f"{'model forward (--no-lean)' if args.no_lean else 'lean where the model supports it'}")
 
     policies: dict = {}
 
@@ -533,17 +624,20 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  [{n} items done, {time.perf_counter() - t_start:.0f}s]", file=sys.stderr)
             for mode in ("greedy", "sample"):
                 hot = r[mode]["breakdown"]["hottest_lines"]
-                hot_rows.extend([n, mode, f"{h['ms_per_step']:.3f}", h["section"], h["source"][:95]] for h in hot[:3])
+                hot_rows.extend([n, mode, f"{h['ms_per_step']:.3f}", h["section"], h["source"][:95]] for h in hot[:4])
         print(f"\n(b) throughput vs catalogue size (atomic codec, batch {args.batch}, K {args.k}; sample = "
               f"temperature 1, top-p {args.top_p})")
         print(fmt_table(["items", "mode", "lists/s", "ms/call", "peak MiB", "generate lists/s (contexts)",
                          "ratio ours/gen"], rows))
-        print("\n(b) decoding-step breakdown, ms per step for the whole batch (share of the step); body/lm_head from "
-              "forward hooks,\n    mask/choose/trie from a line tracer over ListSampler._generate, rest = step − all of "
-              "those (wrapper, casts, feed/attention concat, setup)")
+        print("\n(b) decoding-step breakdown, ms per step for the whole batch (share of the step; the prompt's prefill "
+              "is not a step);\n    body/lm_head from hooks on the embedding and LM head, mask/choose/trie from a line "
+              "tracer over ListSampler._generate,\n    rest = step − all of those (per-call setup and output spread over "
+              "the steps, cache/mask bookkeeping, Python)")
         print(fmt_table(["items", "mode", "body", "lm_head", "mask", "choose", "trie", "rest", "step ms", "dominant"], brows))
-        print("\n(b) the sampler's three most expensive own lines per setting (ms per step, line tracer)")
-        print(fmt_table(["items", "mode", "ms/step", "section", "source line of ListSampler._generate"], hot_rows, left=(4,)))
+        print("\n(b) the sampler's four most expensive own lines per setting (ms per step, line tracer; the token "
+              "choice line by line)")
+        print(fmt_table(["items", "mode", "ms/step", "section", "source line (ListSampler._generate or _Chooser)"], hot_rows,
+                        left=(4,)))
 
     result["wall_s"] = time.perf_counter() - t_start
     print(f"\n# total wall time {result['wall_s']:.0f}s")

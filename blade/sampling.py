@@ -6,31 +6,33 @@ row or token (the way BIGRec/D3 decode with ``prefix_allowed_tokens_fn``). A row
 exactly the trie edges that lead to at least one item not yet in its list, so invalid or repeated
 items cannot be produced; the invalid-output rate is still measured and reported.
 
-The mask is an additive (R, V) bias, 0 on allowed tokens and -inf elsewhere. For one-token codes
-(the atomic codec) it is kept across steps and a listed item's token is set to -inf; for
-multi-token codes each row keeps a copy of the trie's per-node item counts, decrements the nodes on
-a listed item's path, and the bias is rebuilt from the current nodes' edges at every step.
+The mask is an (R, V) tensor, 0 on allowed tokens and -1 elsewhere (masked scores are
+``logits + 1e30·mask``). For one-token codes (the atomic codec) it is kept across steps and a listed
+item's token is set to -1; for multi-token codes each row keeps a copy of the trie's per-node item
+counts, decrements the nodes on a listed item's path, and the mask is rebuilt from the current
+nodes' edges at every step.
 
-Choosing a token reads the logits a fixed, small number of times: one log-sum-exp of the raw
-logits (for ``logp``), the bias added in place, then either the row maximum (greedy) or one
-exponentiation followed by two-level inverse-CDF sampling (block sums, then one block), exact and
-driven by the given ``torch.Generator``; nucleus (top-p) sampling sorts only the top of each row
-(``topk``, widened until the nucleus fits). ``sample_logp`` comes from the same sums, so nothing
-is normalised twice.
+Choosing a token reads the logits a fixed, small number of times: one exponentiation (relative to
+the row maximum) gives the raw log-sum-exp (for ``logp``) and, multiplied by the mask, the allowed
+mass (for ``sample_logp``) and — at temperature 1 — the sampling weights; greedy takes the first
+maximum of the masked scores, sampling is two-level inverse-CDF (block sums, then one block), exact
+and driven by the given ``torch.Generator``; nucleus (top-p) sampling sorts only the top of each
+row (``topk``, widened until the nucleus fits). Nothing is normalised twice, and apart from the
+LM head's output no (R, V) tensor is allocated per step.
 
 Models built from the Llama/Qwen2 decoder blocks (the tiny policies and most pretrained ones,
 LoRA-wrapped or not) run through :class:`_LeanLM`: the model's own modules (norms, projections,
 MLP, rotary embedding, LM head) with a preallocated KV cache and attention mask, a prefill that
-skips padding and computes the last layer only where it is needed (its keys/values everywhere, the
-rest at each row's last token), and decoding steps without the per-call mask construction and
-cache concatenation of a generic ``forward``. Any other model runs through its own ``forward``
+skips padding, runs repeated prompts (a rollout's group of lists per context) once and computes
+the last layer only where it is needed (its keys/values everywhere, the rest at each row's last
+token), and decoding steps without the per-call mask construction and cache concatenation of a
+generic ``forward``. Any other model runs through its own ``forward``
 with a ``DynamicCache`` (:class:`_HFLM`); both give the same lists and log-probs (tested).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -91,12 +93,11 @@ class ListSampler:
         model, trie, dev, K = self.policy.model, self.trie, self.policy.device, self.k
         pad, V = self.policy.codec.pad_id, self.vocab
         R, P = len(prompts), max(map(len, prompts))
+        lens = torch.tensor([len(p) for p in prompts])
+        real = torch.arange(P) >= (P - lens)[:, None]  # left padding: every row's next token sits at column P
         ids = torch.full((R, P), pad, dtype=torch.long)
-        attn = torch.zeros((R, P), dtype=torch.long)
-        for r, p in enumerate(prompts):  # left padding: every row's next token sits at column P
-            ids[r, P - len(p):] = torch.tensor(p)
-            attn[r, P - len(p):] = 1
-        ids, attn = ids.to(dev), attn.to(dev)
+        ids[real] = torch.tensor([t for p in prompts for t in p], dtype=torch.long)
+        ids, attn = ids.to(dev), real.long().to(dev)
         S = K * trie.depth  # most steps a list can take
         lm = (_LeanLM if self.lean and _LeanLM.supports(model) else _HFLM)(model, ids, attn, S)
         logits = lm.prefill()  # (R, V) float32
@@ -111,11 +112,11 @@ class ListSampler:
         out_logp = torch.zeros((R, S), dtype=torch.float32, device=dev)
         out_slogp = torch.zeros((R, S), dtype=torch.float32, device=dev)
         if self.atomic:  # every row lists one item per step: all rows stay active for exactly K steps
-            bias = torch.zeros(V, device=dev).masked_fill_(~self.root_allowed, float("-inf")).expand(R, V).clone()
+            neg = (self.root_allowed.float() - 1.0).expand(R, V).clone()
             active = torch.ones(R, dtype=torch.bool, device=dev)
         else:
             remaining = trie.count.to(torch.int32).expand(R, -1).clone()  # (R, N)
-            bias = torch.empty((R, V), device=dev)
+            neg = torch.empty((R, V), device=dev)
         steps = 0
         for step in range(S):
             # ---- validity mask (R, V) ---------------------------------------------------
@@ -123,11 +124,11 @@ class ListSampler:
                 active = n_done < K
                 er, e = trie.edges(node)
                 ok = (remaining[er, trie.child_node[e]] > 0) & active[er]
-                bias.fill_(float("-inf"))
-                bias[er[ok], trie.child_token[e[ok]]] = 0.0
-                bias[~active, pad] = 0.0  # finished rows emit padding
+                neg.fill_(-1.0)
+                neg[er[ok], trie.child_token[e[ok]]] = 0.0
+                neg[~active, pad] = 0.0  # finished rows emit padding
             # ---- choose -----------------------------------------------------------------
-            tok, logp, slogp = choose(logits, bias)
+            tok, logp, slogp = choose(logits, neg)
             out_tok[:, step] = tok
             out_mask[:, step] = active
             out_logp[:, step] = logp if self.atomic else logp.masked_fill(~active, 0.0)  # 0 on padding, as token_logprobs
@@ -136,7 +137,7 @@ class ListSampler:
             # ---- advance the trie ---------------------------------------------------------
             if self.atomic:
                 items[:, step] = self.tok_item[tok]
-                bias[rows, tok] = float("-inf")
+                neg[rows, tok] = -1.0
                 if step + 1 == K:
                     break
             else:
@@ -161,60 +162,84 @@ class ListSampler:
             logits = lm.step(tok if self.atomic else torch.where(active, tok, pad), active)
 
         item_ids = torch.where(items >= 0, self.item_ids[items.clamp(min=0)], items)
-        return Lists(item_ids.cpu(), out_tok[:, :steps].cpu(), out_mask[:, :steps].cpu(), out_logp[:, :steps].cpu(),
-                     out_slogp[:, :steps].cpu(), invalid_rate(item_ids.cpu(), self.item_ids.cpu()))
+        out = [t[:, :steps].contiguous().cpu() for t in (out_tok, out_mask, out_logp, out_slogp)]
+        return Lists(item_ids.cpu(), *out, invalid_rate(item_ids.cpu(), self.item_ids.cpu()))
 
 
 # ---- choosing a token ------------------------------------------------------------------------------
+_BIG = 1e30  # the mask's scale: a blocked logit becomes x - 1e30, below every allowed one, exp() = 0
+
+
 class _Chooser:
-    """One token per row from (R, V) logits and an additive 0/-inf validity bias.
+    """One token per row from (R, V) logits and the validity mask ``neg`` (R, V): 0 where allowed,
+    -1 where not (masked scores are ``logits + 1e30·neg``; masked probabilities ``e·(1 + neg)``).
 
     Returns (token, the model's own log-prob of it (temperature 1, no mask), its log-prob under the
-    distribution it was drawn from: masked, tempered, nucleus-truncated). Work buffers are allocated
-    once per batch; the logits are overwritten."""
+    distribution it was drawn from: masked, tempered, nucleus-truncated). One exponentiation of the
+    logits serves both log-sum-exps (raw, and masked by multiplying with the mask) and, at
+    temperature 1, the sampling weights; rows whose allowed mass underflows next to the row's
+    overall maximum (allowed logits all more than 60 below it) are redone exactly. Work buffers are
+    allocated once per batch; the logits are overwritten."""
 
     def __init__(self, R: int, V: int, device, greedy: bool, temperature: float, top_p: float, generator):
         self.greedy, self.temperature, self.top_p, self.generator = greedy, temperature, top_p, generator
         self.R, self.V = R, V
-        self.buf = torch.empty((R, V), device=device)
+        # two-level inverse CDF: rows split into blocks of B tokens (zero-padded to a whole number)
+        self.B = max(16, 1 << round(math.log2(math.sqrt(V))))
+        self.nb = -(-V // self.B)
+        self.e = torch.empty((R, self.nb * self.B), device=device)
+        self.e[:, V:] = 0.0  # the padding of the last block; the rest is written at every step
         self.tempered = None if greedy or temperature == 1.0 else torch.empty((R, V), device=device)
-        if not greedy and top_p >= 1.0:
-            # two-level inverse CDF: rows split into blocks of B tokens (zero-padded to a whole number)
-            self.B = max(16, 1 << round(math.log2(math.sqrt(V))))
-            self.nb = -(-V // self.B)
-            self.pbuf = torch.zeros((R, self.nb * self.B), device=device)
         self.rows = torch.arange(R, device=device)
-
-    def _lse(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """log Σ exp(x) per row, given the row maxima ``m`` (finite)."""
-        torch.sub(x, m[:, None], out=self.buf)
-        return m + self.buf.exp_().sum(-1).log()
 
     def _rand(self) -> torch.Tensor:
         return torch.rand(self.R, dtype=torch.float64, device=self.rows.device, generator=self.generator)
 
-    def __call__(self, logits: torch.Tensor, bias: torch.Tensor):
-        lse_raw = self._lse(logits, logits.amax(-1))
-        scores = logits.add_(bias)  # allowed entries keep their raw logit exactly (x + 0)
+    def __call__(self, logits: torch.Tensor, neg: torch.Tensor):
+        e = self.e[:, :self.V]
+        m = logits.amax(-1)
+        lse_raw = m + torch.sub(logits, m[:, None], out=e).exp_().sum(-1).log()
         if self.greedy:
+            scores = logits.add_(neg, alpha=_BIG)  # allowed entries keep their raw logit exactly (x + 0)
             best, tok = scores.max(-1)  # the first maximum, as argmax
-            return tok, best - lse_raw, best - self._lse(scores, best)
-        t = scores if self.tempered is None else torch.div(scores, self.temperature, out=self.tempered)
-        m = t.amax(-1)
-        if self.top_p < 1.0:
-            p = torch.sub(t, m[:, None], out=self.buf).exp_()  # unnormalised probabilities, 0 where masked
-            tok, log_mass = self._nucleus(p)
+            lse = m + e.addcmul_(e, neg).sum(-1).log()
+            low = best - m < -60.0
+            if bool(low.any()):
+                r = low.nonzero().squeeze(1)
+                lse[r] = best[r] + (scores[r] - best[r, None]).exp().sum(-1).log()
+            return tok, best - lse_raw, best - lse
+        if self.tempered is None:  # temperature 1: the sampling weights are e·(1 + neg), relative to m
+            t, base = logits, m
+            e.addcmul_(e, neg)
         else:
-            p = torch.sub(t, m[:, None], out=self.pbuf[:, :self.V]).exp_()
-            tok, log_mass = self._inverse_cdf()
-        raw = scores.gather(1, tok[:, None]).squeeze(1)
-        return tok, raw - lse_raw, t.gather(1, tok[:, None]).squeeze(1) - m - log_mass
+            t = torch.add(logits, neg, alpha=_BIG, out=self.tempered).div_(self.temperature)
+            base = t.amax(-1)
+            torch.sub(t, base[:, None], out=e).exp_()
+        mass = (self._nucleus if self.top_p < 1.0 else self._inverse_cdf)
+        tok, log_mass = mass(logits, neg, base)
+        raw = logits.gather(1, tok[:, None]).squeeze(1)
+        return tok, raw - lse_raw, t.gather(1, tok[:, None]).squeeze(1) - base - log_mass
 
-    def _inverse_cdf(self):
-        """Draw from the unnormalised probabilities in ``pbuf``: a block by its mass, then a token
-        inside it. Only tokens with positive mass can be drawn (also under rounding)."""
-        blocks = self.pbuf.view(self.R, self.nb, self.B)
-        cb = blocks.sum(-1).double().cumsum_(-1)  # (R, nb)
+    def _rescue(self, total: torch.Tensor, logits: torch.Tensor, neg: torch.Tensor, base: torch.Tensor):
+        """Rows whose weights underflowed (temperature 1 only): redo them relative to their allowed max."""
+        low = total < 1e-26
+        if self.tempered is not None or not bool(low.any()):
+            return None
+        r = low.nonzero().squeeze(1)
+        s = logits[r] + _BIG * neg[r]
+        base[r] = s.amax(-1)
+        self.e[r, :self.V] = (s - base[r, None]).exp()
+        return r
+
+    def _inverse_cdf(self, logits, neg, base):
+        """Draw from the weights in ``e``: a block by its mass, then a token inside it. Only tokens
+        with positive weight can be drawn (also under rounding)."""
+        blocks = self.e.view(self.R, self.nb, self.B)
+        bs = blocks.sum(-1)  # (R, nb)
+        r = self._rescue(bs.sum(-1), logits, neg, base)
+        if r is not None:
+            bs[r] = blocks[r].sum(-1)
+        cb = bs.double().cumsum_(-1)
         total = cb[:, -1:]
         b = torch.searchsorted(cb, self._rand()[:, None] * total, right=True)
         b = torch.minimum(b, (cb < total).sum(-1, keepdim=True)).squeeze(1)  # never past the last block with mass
@@ -224,11 +249,15 @@ class _Chooser:
         j = torch.minimum(j, (cw < inner).sum(-1, keepdim=True)).squeeze(1)
         return b * self.B + j, total.squeeze(1).log().float()
 
-    def _nucleus(self, p: torch.Tensor):
+    def _nucleus(self, logits, neg, base):
         """Top-p: keep the most likely tokens while the mass before them is at most ``top_p`` of the
         total (the first always), then draw from those. Sorts only the top ``k`` of each row,
         widening ``k`` until every row's nucleus ends inside it."""
-        thr = self.top_p * p.sum(-1, dtype=torch.float64)[:, None]
+        p = self.e[:, :self.V]
+        total = p.sum(-1, dtype=torch.float64)
+        if self._rescue(total, logits, neg, base) is not None:
+            total = p.sum(-1, dtype=torch.float64)
+        thr = self.top_p * total[:, None]
         k = min(self.V, 64)
         while True:
             vals, idx = p.topk(k, -1)
@@ -278,12 +307,14 @@ def _unwrap(model):
 
 class _LeanLM:
     """Decoding for models made of Llama/Qwen2 decoder blocks, through the model's own modules
-    (so LoRA layers, biases and the configured activation, norm and rotary embedding apply), with a
+    (so LoRA layers, biases, the configured activation and rotary embedding apply), with a
     preallocated KV cache (R, kv_heads, P + steps, head_dim) per layer and an additive attention mask.
-    It computes what the model's ``forward`` computes: the attention and every projection are the
-    same operations, on the same values (tested against ``forward`` and ``generate``)."""
+    It computes what the model's ``forward`` computes with the same operations (float32 RMSNorm
+    through the fused ``F.rms_norm``, rotary embedding as ``x·cos + roll(x)·±sin``: both give the
+    same bits as the modules' own code); tested against ``forward`` and ``generate``."""
 
     BLOCKS = {("Qwen2DecoderLayer", "Qwen2Attention"), ("LlamaDecoderLayer", "LlamaAttention")}
+    NORMS = {"Qwen2RMSNorm", "LlamaRMSNorm"}
 
     @classmethod
     def supports(cls, model) -> bool:
@@ -295,30 +326,57 @@ class _LeanLM:
             return False
         if any(t != "full_attention" for t in (getattr(base.config, "layer_types", None) or ())):
             return False  # sliding-window layers
-        rope = sys.modules[type(layers[0].self_attn).__module__].__dict__.get("apply_rotary_pos_emb")
-        return rope is not None and all((type(b).__name__, type(b.self_attn).__name__) in cls.BLOCKS for b in layers)
+        if base.training and getattr(base.config, "attention_dropout", 0.0):
+            return False  # attention dropout is the model's own business
+        return all((type(b).__name__, type(b.self_attn).__name__) in cls.BLOCKS and b.self_attn.head_dim % 2 == 0
+                   for b in layers)
 
     def __init__(self, model, ids: torch.Tensor, attn: torch.Tensor, n_new: int):
         base = _unwrap(model)
         self.body, self.head, self.layers = base.model, base.lm_head, list(base.model.layers)
-        a = self.layers[0].self_attn
-        self.rope = sys.modules[type(a).__module__].apply_rotary_pos_emb
-        self.hd = a.head_dim
+        self.hd = self.layers[0].self_attn.head_dim
         self.H, self.KH = base.config.num_attention_heads, base.config.num_key_value_heads
         self.ids, self.attn, self.n_new = ids, attn, n_new
 
+    def _norm(self, mod, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and type(mod).__name__ in self.NORMS:
+            return F.rms_norm(x, mod.weight.shape, mod.weight, mod.variance_epsilon)
+        return mod(x)
+
+    def _rotary(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, ±sin) for positions ``pos`` (N,), shaped (N, 1, head_dim) to broadcast over heads."""
+        cos, sin = self.body.rotary_emb(x, pos[None])
+        h = self.hd // 2
+        return cos[0, :, None], torch.cat((-sin[0, :, :h], sin[0, :, h:]), -1)[:, None]
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x·cos + rotate_half(x)·sin, with rotate_half(x) = (-x2, x1) = roll(x)·(-1, 1)
+        return x * cos + x.roll(self.hd // 2, -1) * sin
+
     def prefill(self) -> torch.Tensor:
-        ids, attn, hd, H, KH = self.ids, self.attn, self.hd, self.H, self.KH
+        """Logits at every row's last prompt token; fills the cache. Repeated prompts (a rollout's
+        group of lists per context) are computed once and their cache rows copied."""
+        uniq, inv = torch.unique(torch.cat([self.ids, self.attn], 1), dim=0, return_inverse=True)
+        if len(uniq) == len(self.ids):
+            return self._prefill(self.ids, self.attn)
+        P = self.ids.shape[1]
+        logits = self._prefill(uniq[:, :P], uniq[:, P:])
+        self.k = [c.index_select(0, inv) for c in self.k]
+        self.v = [c.index_select(0, inv) for c in self.v]
+        self.mask, self.pos = self.mask.index_select(0, inv), self.pos.index_select(0, inv)
+        return logits.index_select(0, inv)
+
+    def _prefill(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        hd, H, KH = self.hd, self.H, self.KH
         R, P = ids.shape
         dev = ids.device
         valid = attn.bool()
         flat = valid.view(-1).nonzero().squeeze(1)  # real tokens, packed (N,); padding is never computed
         fr, fc = flat // P, flat % P
         last = valid.sum(-1).cumsum(0) - 1  # each row's last token within the packed tokens
-        x = self.body.embed_tokens(ids.view(-1)[flat])  # (N, D)
+        x = self.body.embed_tokens(ids)[valid]  # (N, D)
         dt = x.dtype
-        cos, sin = self.body.rotary_emb(x, ((attn.cumsum(-1) - 1).view(-1)[flat])[None])
-        cos, sin = cos[0], sin[0]  # (N, hd)
+        cos, sin = self._rotary(x, (attn.cumsum(-1) - 1).view(-1)[flat])
         L = P + self.n_new
         self.k = [torch.zeros((R, KH, L, hd), dtype=dt, device=dev) for _ in self.layers]
         self.v = [torch.zeros((R, KH, L, hd), dtype=dt, device=dev) for _ in self.layers]
@@ -331,28 +389,23 @@ class _LeanLM:
         full = torch.zeros((R, 1, P, P), dtype=dt, device=dev).masked_fill_(~see[:, None], float("-inf"))
         for i, blk in enumerate(self.layers):
             a = blk.self_attn
-            h = blk.input_layernorm(x)
-            k, v = a.k_proj(h).view(-1, KH, hd), a.v_proj(h).view(-1, KH, hd)
-            top = i == len(self.layers) - 1  # the last layer: keys/values everywhere, the rest at the last tokens
-            q = a.q_proj(h[last] if top else h).view(-1, H, hd)
-            if top:
-                q = self.rope(q, q, cos[last], sin[last])[0]
-                k = self.rope(k, k, cos, sin)[1]
-            else:
-                q, k = self.rope(q, k, cos, sin)
-            self.k[i][fr, :, fc], self.v[i][fr, :, fc] = k, v  # padding stays zero
+            h = self._norm(blk.input_layernorm, x)
+            k = self._rope(a.k_proj(h).view(-1, KH, hd), cos, sin)
+            self.k[i][fr, :, fc], self.v[i][fr, :, fc] = k, a.v_proj(h).view(-1, KH, hd)  # padding stays zero
             kp, vp = self.k[i][:, :, :P], self.v[i][:, :, :P]
-            if top:
+            if i == len(self.layers) - 1:  # the last layer: keys/values everywhere, the rest at the last tokens
+                q = self._rope(a.q_proj(h[last]).view(R, H, hd), cos[last], sin[last])
                 o = F.scaled_dot_product_attention(q.view(R, KH, H // KH, hd), kp, vp,
                                                    attn_mask=self.mask[:, None, None, :P], scale=a.scaling)
                 x = x[last] + a.o_proj(o.reshape(R, H * hd))
             else:
+                q = self._rope(a.q_proj(h).view(-1, H, hd), cos, sin)
                 qp = torch.zeros((R * P, H, hd), dtype=dt, device=dev).index_copy_(0, flat, q).view(R, P, H, hd)
                 o = F.scaled_dot_product_attention(qp.transpose(1, 2), kp, vp, attn_mask=full, scale=a.scaling,
                                                    enable_gqa=H != KH)
                 x = x + a.o_proj(o.transpose(1, 2).reshape(R * P, H * hd)[flat])
-            x = x + blk.mlp(blk.post_attention_layernorm(x))
-        return self.head(self.body.norm(x)).float()
+            x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
+        return self.head(self._norm(self.body.norm, x)).float()
 
     def step(self, tok: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         R, L, hd, H, KH = tok.shape[0], self.L, self.hd, self.H, self.KH
@@ -360,21 +413,20 @@ class _LeanLM:
         self.pos = self.pos + active
         mask = self.mask[:, None, None, :L + 1]
         x = self.body.embed_tokens(tok)  # (R, D)
-        cos, sin = self.body.rotary_emb(x, self.pos[None])
-        cos, sin = cos[0], sin[0]
+        cos, sin = self._rotary(x, self.pos)
         for i, blk in enumerate(self.layers):
             a = blk.self_attn
-            h = blk.input_layernorm(x)
-            q, k = self.rope(a.q_proj(h).view(R, H, hd), a.k_proj(h).view(R, KH, hd), cos, sin)
-            self.k[i][:, :, L] = k
+            h = self._norm(blk.input_layernorm, x)
+            q = self._rope(a.q_proj(h).view(R, H, hd), cos, sin)
+            self.k[i][:, :, L] = self._rope(a.k_proj(h).view(R, KH, hd), cos, sin)
             self.v[i][:, :, L] = a.v_proj(h).view(R, KH, hd)
             # one query per row: the query heads of a key/value head attend together (no repeat_kv)
             o = F.scaled_dot_product_attention(q.view(R, KH, H // KH, hd), self.k[i][:, :, :L + 1],
                                                self.v[i][:, :, :L + 1], attn_mask=mask, scale=a.scaling)
             x = x + a.o_proj(o.reshape(R, H * hd))
-            x = x + blk.mlp(blk.post_attention_layernorm(x))
+            x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         self.L = L + 1
-        return self.head(self.body.norm(x)).float()
+        return self.head(self._norm(self.body.norm, x)).float()
 
 
 def invalid_rate(items: torch.Tensor, catalogue: torch.Tensor) -> float:

@@ -1,5 +1,7 @@
 """The list sampler: K distinct valid items, exact log-probs, the constrained distribution it samples
-from, determinism, and agreement with ``transformers`` ``generate(prefix_allowed_tokens_fn=...)``.
+from, determinism, and agreement with ``transformers`` ``generate(prefix_allowed_tokens_fn=...)``;
+its lean decoder against the model's own forward (Qwen2, Llama, LoRA; other models fall back), and
+its token chooser (inverse-CDF and nucleus draws, greedy ties, underflow of the allowed mass).
 
 Everything runs on tiny catalogues with randomly initialised tiny models (a few seconds on CPU).
 """
@@ -16,7 +18,7 @@ import torch
 
 from blade.model.policy import Policy, PolicyConfig
 from blade.model.trie import Trie
-from blade.sampling import ListSampler, invalid_rate
+from blade.sampling import ListSampler, _Chooser, _LeanLM, invalid_rate
 
 CODECS = ["atomic", "title"]
 
@@ -324,3 +326,217 @@ def test_every_ordered_pair_enumerated_by_helper_sums_to_one():
     exact = _constrained_pair_probs(pol, pol.codec.prompt([2], 2), temperature=1.7)
     assert set(exact) == set(itertools.permutations([1, 2, 3], 2))
     assert sum(exact.values()) == pytest.approx(1.0, abs=1e-12)
+
+
+# ---- the lean decoder and the token chooser ------------------------------------------------------
+
+def _arch_policy(codec: str, arch: str, items: pd.DataFrame = SYNTH) -> Policy:
+    torch.manual_seed(5)
+    pol = Policy.build(PolicyConfig(codec=codec, arch=arch, layers=2, hidden=32, heads=4, kv_heads=2, intermediate=64,
+                                    title_vocab_size=200, device="cpu"), items)
+    with torch.no_grad():
+        pol.model.get_output_embeddings().weight.mul_(4.0)
+    pol.model.eval()
+    return pol
+
+
+def _both_paths(pol: Policy, prompts, k: int, greedy: bool, **kw):
+    out = []
+    for lean in (True, False):
+        sampler = ListSampler(pol, k=k, batch_size=5, **kw)
+        sampler.lean = lean
+        out.append(sampler.generate(prompts, greedy=greedy, generator=torch.Generator().manual_seed(11)))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("codec", CODECS)
+def test_lean_decoder_equals_the_models_own_forward(codec, arch):
+    """The lean decoder (packed prefill, last layer at the last token only, repeated prompts run
+    once, preallocated cache) gives the lists and log-probs of the model's own forward with a
+    DynamicCache, greedy and sampled."""
+    pol = _arch_policy(codec, arch)
+    assert _LeanLM.supports(pol.model)
+    prompts = [p for p in prompts_for(pol, "synthetic", 4) for _ in range(2)]  # each twice, as rollout groups
+    assert len({len(p) for p in prompts}) > 3  # ragged left padding
+    for greedy, kw in ((True, {}), (False, {"temperature": 1.3}), (False, {"temperature": 0.8, "top_p": 0.7})):
+        lean, hf = _both_paths(pol, prompts, 4, greedy, **kw)
+        check_lists(pol, lean, len(prompts), 4)
+        for name in ("items", "tokens", "mask"):
+            assert torch.equal(getattr(lean, name), getattr(hf, name)), (name, greedy, kw)
+        torch.testing.assert_close(lean.logp, hf.logp, atol=1e-5, rtol=0)
+        torch.testing.assert_close(lean.sample_logp, hf.sample_logp, atol=1e-5, rtol=0)
+
+
+def test_lean_prefill_logits_equal_the_models_forward():
+    pol = _arch_policy("atomic", "qwen2")
+    prompts = prompts_for(pol, "synthetic", 4)
+    P = max(map(len, prompts))
+    ids = torch.tensor([[pol.codec.pad_id] * (P - len(p)) + p for p in prompts])
+    attn = (torch.arange(P) >= P - torch.tensor([len(p) for p in prompts])[:, None]).long()
+    with torch.no_grad():
+        ref = pol.model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+        lean = _LeanLM(pol.model, ids, attn, 3).prefill()
+    torch.testing.assert_close(lean, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # peft on transformers 5
+def test_lean_decoder_runs_lora_models_through_their_adapters():
+    peft = pytest.importorskip("peft")
+    pol = _arch_policy("atomic", "qwen2")
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
+                          init_lora_weights=False)  # random adapters: they change the outputs
+    base_lists = ListSampler(pol, k=4, batch_size=5).generate(prompts_for(pol, "synthetic", 4), greedy=True)
+    pol.model = peft.get_peft_model(pol.model, cfg)
+    pol.model.eval()
+    assert _LeanLM.supports(pol.model)
+    prompts = prompts_for(pol, "synthetic", 4)
+    lean, hf = _both_paths(pol, prompts, 4, greedy=True)
+    assert torch.equal(lean.items, hf.items) and not torch.equal(lean.items, base_lists.items)
+    torch.testing.assert_close(lean.logp, hf.logp, atol=1e-5, rtol=0)
+
+
+def test_other_architectures_use_the_models_own_forward():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    pol = policy("atomic", "synthetic")
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=pol.model.get_output_embeddings().weight.shape[0], n_embd=32,
+                                      n_layer=2, n_head=4, n_positions=128)).eval()
+    other = Policy(gpt2, pol.codec, pol.config)
+    assert not _LeanLM.supports(gpt2)
+    prompts = prompts_for(other, "synthetic", 4)
+    lists = ListSampler(other, k=4, batch_size=5).generate(prompts, generator=torch.Generator().manual_seed(0))
+    check_lists(other, lists, len(prompts), 4)
+    greedy = ListSampler(other, k=4, batch_size=len(prompts)).generate(prompts, greedy=True)
+    assert torch.equal(greedy.items, hf_constrained_greedy(other, prompts, 4))
+
+
+def _softmax_allowed(logits: torch.Tensor, bias: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    return ((logits.double() + bias.double()) / temperature).softmax(-1)
+
+
+def _mask(bias: torch.Tensor) -> torch.Tensor:
+    """The sampler's mask (0 allowed, -1 not) of an additive 0/-inf bias."""
+    return torch.where(torch.isinf(bias), -1.0, 0.0)
+
+
+@pytest.mark.parametrize("V", [7, 1000])
+def test_chooser_draws_from_the_masked_tempered_softmax(V):
+    """Two-level inverse-CDF sampling: frequencies match the masked, tempered softmax, masked tokens
+    are never drawn, and the returned log-probs are the exact ones (raw and sampled)."""
+    torch.manual_seed(0)
+    n, temperature = 20000, 1.5
+    row = torch.randn(V) * 2
+    bias = torch.zeros(V)
+    bias[torch.randperm(V)[: V // 3]] = float("-inf")  # a third of the tokens are not allowed
+    bias[0] = float("-inf")
+    row[0] = 30.0  # the model's favourite token is masked
+    logits, biases = row.expand(n, V).clone(), bias.expand(n, V).clone()
+    chooser = _Chooser(n, V, "cpu", False, temperature, 1.0, torch.Generator().manual_seed(3))
+    tok, logp, slogp = chooser(logits.clone(), _mask(biases))
+    exact = _softmax_allowed(row, bias, temperature)
+    assert bool(torch.isfinite(bias[tok]).all())  # only allowed tokens
+    torch.testing.assert_close(slogp.double(), exact.log()[tok], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logp.double(), row.double().log_softmax(-1)[tok], atol=1e-5, rtol=0)
+    counts = torch.bincount(tok, minlength=V).double()
+    if V == 7:
+        keep = exact > 0
+        chi2 = float(((counts - n * exact)[keep] ** 2 / (n * exact[keep])).sum())
+        dof = int(keep.sum()) - 1
+        assert chi2 < dof + 5 * math.sqrt(2 * dof), chi2
+    else:  # many tokens: compare the frequencies of probability deciles with their mass
+        order = exact.argsort()
+        for part in order[exact[order] > 0].chunk(10):
+            p = float(exact[part].sum())
+            assert abs(float(counts[part].sum()) / n - p) <= 4.5 * math.sqrt(p * (1 - p) / n), p
+
+
+def test_chooser_never_draws_a_masked_token_at_the_edges_of_the_uniforms():
+    V = 300
+    logits = torch.randn(2, V)
+    bias = torch.zeros(2, V)
+    bias[:, 250:] = float("-inf")  # the last blocks have no mass at all
+    bias[:, :5] = float("-inf")
+    for u in (0.0, 1.0 - 2 ** -53):
+        chooser = _Chooser(2, V, "cpu", False, 1.0, 1.0, None)
+        chooser._rand = lambda u=u: torch.full((2,), u, dtype=torch.float64)
+        tok, _, slogp = chooser(logits.clone(), _mask(bias))
+        assert bool(torch.isfinite(bias.gather(1, tok[:, None])).all()), (u, tok)
+        assert bool(torch.isfinite(slogp).all())
+        expect = 5 if u == 0.0 else 249
+        assert tok.tolist() == [expect, expect]
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.97])
+def test_chooser_nucleus_is_the_smallest_top_set_reaching_top_p(top_p):
+    """Top-p draws only from the nucleus (sorted only as far as needed: 0.97 of a flat row over 2000
+    tokens needs more than the first top-64), with the renormalised probabilities."""
+    torch.manual_seed(1)
+    n, V = 20000, 2000
+    row = torch.randn(V) * 0.5
+    bias = torch.zeros(V)
+    bias[::7] = float("-inf")
+    chooser = _Chooser(n, V, "cpu", False, 1.0, top_p, torch.Generator().manual_seed(4))
+    tok, _, slogp = chooser(row.expand(n, V).clone(), _mask(bias).expand(n, V).clone())
+    p = _softmax_allowed(row, bias)
+    sp, order = p.sort(descending=True)
+    keep = order[(sp.cumsum(0) - sp) <= top_p]
+    nucleus = torch.zeros(V, dtype=torch.bool)
+    nucleus[keep] = True
+    assert int(nucleus.sum()) > (64 if top_p > 0.9 else 1)
+    assert bool(nucleus[tok].all())
+    q = torch.where(nucleus, p, 0.0)
+    q = q / q.sum()
+    torch.testing.assert_close(slogp.double(), q.log()[tok], atol=1e-5, rtol=0)
+    counts = torch.bincount(tok, minlength=V).double()
+    order = q.argsort()
+    for part in order[q[order] > 0].chunk(10):
+        m = float(q[part].sum())
+        assert abs(float(counts[part].sum()) / n - m) <= 4.5 * math.sqrt(m * (1 - m) / n), m
+
+
+def test_greedy_chooser_is_the_first_argmax_of_the_masked_logits():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 2.0], [5.0, 1.0, 1.0, 0.5]])
+    bias = torch.tensor([[0.0, float("-inf"), 0.0, 0.0], [float("-inf"), 0.0, 0.0, 0.0]])
+    tok, logp, slogp = _Chooser(2, 4, "cpu", True, 0.5, 0.1, None)(logits.clone(), _mask(bias))
+    assert tok.tolist() == [2, 1]  # masked maxima skipped; ties go to the first; temperature/top-p ignored
+    torch.testing.assert_close(logp, logits.log_softmax(-1)[[0, 1], [2, 1]])
+    torch.testing.assert_close(slogp, (logits + bias).log_softmax(-1)[[0, 1], [2, 1]])
+
+
+@pytest.mark.parametrize("greedy,top_p", [(True, 1.0), (False, 1.0), (False, 0.9)])
+def test_chooser_is_exact_when_a_masked_token_dwarfs_the_allowed_ones(greedy, top_p):
+    """A blocked token 200 nats above all allowed ones (exp() of the allowed logits underflows next to
+    it): the affected rows are redone against their allowed maximum — same draws, exact log-probs."""
+    torch.manual_seed(2)
+    n, V = 4000, 50
+    row = torch.randn(V)
+    bias = torch.zeros(V)
+    bias[[3, 17]] = float("-inf")
+    logits = row.expand(n, V).clone()
+    logits[: n // 2, 3] = 200.0  # half the rows: the masked token dwarfs everything
+    chooser = _Chooser(n, V, "cpu", greedy, 1.0, top_p, torch.Generator().manual_seed(5))
+    tok, logp, slogp = chooser(logits.clone(), _mask(bias).expand(n, V).clone())
+    assert bool(torch.isfinite(bias[tok]).all()) and bool(torch.isfinite(slogp).all())
+    exact = _softmax_allowed(row, bias)
+    torch.testing.assert_close(logp.double(), logits.double().log_softmax(-1).gather(1, tok[:, None]).squeeze(1),
+                               atol=1e-4, rtol=0)
+    if greedy:
+        assert tok.tolist() == [int(exact.argmax())] * n
+        torch.testing.assert_close(slogp.double(), exact.log()[tok], atol=1e-5, rtol=0)
+        return
+    if top_p < 1.0:
+        sp, order = exact.sort(descending=True)
+        q = torch.zeros(V, dtype=torch.float64)
+        keep = order[(sp.cumsum(0) - sp) <= top_p]
+        q[keep] = exact[keep] / exact[keep].sum()
+    else:
+        q = exact
+    torch.testing.assert_close(slogp.double(), q.log()[tok], atol=1e-5, rtol=0)
+    for half in (tok[: n // 2], tok[n // 2:]):  # the redone rows draw from the same distribution
+        counts = torch.bincount(half, minlength=V).double()
+        keep = q > 0
+        chi2 = float(((counts - len(half) * q)[keep] ** 2 / (len(half) * q[keep])).sum())
+        dof = int(keep.sum()) - 1
+        assert chi2 < dof + 5 * math.sqrt(2 * dof), chi2
