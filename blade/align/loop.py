@@ -37,7 +37,7 @@ from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
 from blade.seeding import seed_everything
 from blade.train.checkpoint import load_checkpoint, save_checkpoint
-from blade.train.sft import valid_metrics
+from blade.train.sft import check_select_metric, valid_metrics
 
 
 @dataclass
@@ -61,9 +61,7 @@ class AlignConfig:
             raise ValueError("steps, contexts_per_step, group_size, k, eval_every and batch_size must be positive")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2: group-relative weights need two rollouts")
-        name, _, k = self.select_metric.partition("@")
-        if name not in ("recall", "ndcg") or not k.isdigit() or int(k) > self.k:
-            raise ValueError(f"select_metric must be recall@N or ndcg@N with N <= k={self.k}, got {self.select_metric!r}")
+        check_select_metric(self.select_metric, self.k)
 
 
 def method_objective(method: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:

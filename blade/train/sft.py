@@ -54,9 +54,14 @@ class SFTConfig:
     eval_batch_size: int = option(256, help="contexts per sampler batch during selection")
 
     def __post_init__(self) -> None:
-        name, _, k = self.select_metric.partition("@")
-        if name not in ("recall", "ndcg") or not k.isdigit() or int(k) > self.k:
-            raise ValueError(f"select_metric must be recall@N or ndcg@N with N <= k={self.k}, got {self.select_metric!r}")
+        check_select_metric(self.select_metric, self.k)
+
+
+def check_select_metric(metric: str, k: int) -> None:
+    """Model selection reads recall@N or ndcg@N of greedy lists of length k (N <= k)."""
+    name, _, n = metric.partition("@")
+    if name not in ("recall", "ndcg") or not n.isdigit() or int(n) > k:
+        raise ValueError(f"select_metric must be recall@N or ndcg@N with N <= k={k}, got {metric!r}")
 
 
 def continuation_lists(train: pd.DataFrame, target_len: int) -> list[list[int]]:
