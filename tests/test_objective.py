@@ -239,6 +239,9 @@ def test_bon_diagnostics_hand_values():
     # within-group std (ddof 0) of two values is half their distance: |2·log(f0/f1)|/2
     assert d["signal_std"] == pytest.approx((math.log(0.995 / 0.5) + math.log(0.99 / 0.2)) / 2)
     assert (d["reward_mean"], d["reward_max"], d["kl"], d["loss_forward"]) == pytest.approx((1.5, 3.0, 0.25, -1.5))
+    assert d["tied_frac"] == 0.0
+    tied = bon_diagnostics(np.log(f), w, n=3, rewards=np.array([[1.0, 1.0], [3.0, 0.0]]))
+    assert tied["tied_frac"] == pytest.approx(1 / 2), "one of two groups has all-equal rewards"
 
 
 def test_objective_diagnostics_on_a_hand_made_batch():

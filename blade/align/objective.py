@@ -147,6 +147,9 @@ def bon_diagnostics(log_f: np.ndarray | torch.Tensor, w: np.ndarray | torch.Tens
     - ``ess``: mean effective sample size ``1 / Σ_i w_i²`` (G = uniform, 1 = one winner)
     - ``saturated_frac``: share of rollouts with ``F ≥ 0.99`` (where the static target is flat)
     - ``signal_std``: mean within-group std (ddof 0) of ``(N-1)·log F``
+    - ``tied_frac`` (with rewards): share of contexts whose G rewards are all equal — every
+      estimator gives such a group uniform weights, so this separates "ties" from "saturation"
+      as the cause of a falling spread
     - ``kl``, ``reward_mean``, ``reward_max`` and any ``loss_*`` passed in, when given.
     The trainer adds the gradient norm."""
     log_f, w = _np(log_f), _np(w)
@@ -162,6 +165,7 @@ def bon_diagnostics(log_f: np.ndarray | torch.Tensor, w: np.ndarray | torch.Tens
     if rewards is not None:
         r = _np(rewards)
         out["reward_mean"], out["reward_max"] = float(r.mean()), float(r.max())
+        out["tied_frac"] = float((r == r[:, :1]).all(1).mean())
     out.update({k: float(v) for k, v in losses.items()})
     return out
 
