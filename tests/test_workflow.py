@@ -82,3 +82,15 @@ def test_paper_config_prepares_real_datasets(video_games, goodreads, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     vg = json.loads((work / "results/data/video_games/stats.json").read_text())
     assert vg["n_rows"] == {"train": 49133, "valid": 6142, "test": 6142}
+
+
+def test_profiles_parse_and_local_profile_plans_the_dag(tmp_path):
+    for name in ("local", "slurm"):
+        profile = yaml.safe_load((ROOT / "workflow" / "profiles" / name / "config.yaml").read_text())
+        assert profile["rerun-incomplete"] is True, name
+    slurm = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert {"sft", "rollout", "align"} <= set(slurm["set-resources"]), "the GPU stages need GPU resources"
+    done = snakemake(tmp_path, "--profile", str(ROOT / "workflow" / "profiles" / "local"),
+                     "--configfile", str(ROOT / ".test" / "config.yaml"), "-n")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "align" in done.stdout and "rollout" in done.stdout
