@@ -288,7 +288,26 @@ def sampler_sections() -> tuple[object, dict[int, str]]:
     return fn.__code__, section
 
 
-class LineTimer:
+class _Tracer:
+    """sys.settrace plumbing: ``run(fn)`` calls ``self._local`` for the events of ``self.code`` only."""
+
+    code = None
+
+    def _local(self, frame, event, arg):
+        raise NotImplementedError
+
+    def _global(self, frame, event, arg):
+        return self._local if event == "call" and frame.f_code is self.code else None
+
+    def run(self, fn):
+        sys.settrace(self._global)
+        try:
+            return fn()
+        finally:
+            sys.settrace(None)
+
+
+class LineTimer(_Tracer):
     """Attributes wall time in ``ListSampler._generate`` to its sections, line by line (sys.settrace)."""
 
     def __init__(self, device: torch.device):
@@ -314,20 +333,8 @@ class LineTimer:
                 self._last = None
         return self._local
 
-    def _global(self, frame, event, arg):
-        if event == "call" and frame.f_code is self.code:
-            return self._local
-        return None
 
-    def run(self, fn):
-        sys.settrace(self._global)
-        try:
-            return fn()
-        finally:
-            sys.settrace(None)
-
-
-class ChooseTimer:
+class ChooseTimer(_Tracer):
     """Wall time per source line of the token choice (``blade.sampling._Chooser.__call__``; a line
     that calls a helper includes it), in runs of their own so that the section timings above carry
     no tracing cost of it."""
@@ -348,16 +355,6 @@ class ChooseTimer:
             if event == "line":
                 self._last[id(frame)] = (now, frame.f_lineno)
         return self._local
-
-    def _global(self, frame, event, arg):
-        return self._local if event == "call" and frame.f_code is self.code else None
-
-    def run(self, fn):
-        sys.settrace(self._global)
-        try:
-            return fn()
-        finally:
-            sys.settrace(None)
 
 
 def _source(fn) -> dict[int, str]:

@@ -55,18 +55,23 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
     return value
 
 
-def cmd_sft(args: argparse.Namespace) -> None:
+def _config_json(args: argparse.Namespace, **sections: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--config-json`` → the raw mapping and each named section as its typed, validated config."""
     from blade.config import from_dict
+
+    raw = _json_arg(args.config_json, "--config-json")
+    return raw, {name: from_dict(cls, raw.get(name), name) for name, cls in sections.items()}
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
     from blade.io import write_json
     from blade.model.policy import PolicyConfig
     from blade.tracking import track
     from blade.train.sft import SFTConfig, train_sft
 
-    raw = _json_arg(args.config_json, "--config-json")
-    policy_cfg = from_dict(PolicyConfig, raw.get("policy"), "policy")
-    sft_cfg = from_dict(SFTConfig, raw.get("sft"), "sft")
-    resolved = {"policy": dataclasses.asdict(policy_cfg), "sft": dataclasses.asdict(sft_cfg), "seed": args.seed,
-                "data": args.data}
+    _, cfgs = _config_json(args, policy=PolicyConfig, sft=SFTConfig)
+    policy_cfg, sft_cfg = cfgs["policy"], cfgs["sft"]
+    resolved = {**{k: dataclasses.asdict(v) for k, v in cfgs.items()}, "seed": args.seed, "data": args.data}
     with track("sft", args.dataset, "sft", args.seed, resolved, run_dir=args.out) as tracker:
         summary = train_sft(args.data, args.out, policy_cfg, sft_cfg, args.seed, tracker)
         tracker.log_final(summary)
@@ -77,16 +82,14 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 def cmd_rollout(args: argparse.Namespace) -> None:
     from blade.align.rollout import RolloutConfig, reference_rollouts
-    from blade.config import from_dict
     from blade.io import write_json
     from blade.rewards import RewardConfig
     from blade.tracking import track
 
-    raw = _json_arg(args.config_json, "--config-json")
-    cfg = from_dict(RolloutConfig, raw.get("rollout"), "rollout")
-    reward_cfg = from_dict(RewardConfig, raw.get("reward"), "reward")
-    resolved = {"rollout": dataclasses.asdict(cfg), "reward": dataclasses.asdict(reward_cfg), "seed": args.seed,
-                "data": args.data, "model": args.model}
+    _, cfgs = _config_json(args, rollout=RolloutConfig, reward=RewardConfig)
+    cfg, reward_cfg = cfgs["rollout"], cfgs["reward"]
+    resolved = {**{k: dataclasses.asdict(v) for k, v in cfgs.items()}, "seed": args.seed, "data": args.data,
+                "model": args.model}
     with track("rollout", args.dataset, "ref", args.seed, resolved) as tracker:
         summary = reference_rollouts(args.data, args.model, args.out, cfg, reward_cfg, args.seed, args.device)
         tracker.log_final(summary)
@@ -96,20 +99,17 @@ def cmd_rollout(args: argparse.Namespace) -> None:
 
 def cmd_align(args: argparse.Namespace) -> None:
     from blade.align.loop import AlignConfig, align
-    from blade.config import from_dict
     from blade.errors import ConfigError
     from blade.io import write_json
     from blade.rewards import RewardConfig
     from blade.tracking import track
 
-    raw = _json_arg(args.config_json, "--config-json")
-    cfg = from_dict(AlignConfig, raw.get("align"), "align")
-    reward_cfg = from_dict(RewardConfig, raw.get("reward"), "reward")
+    raw, cfgs = _config_json(args, align=AlignConfig, reward=RewardConfig)
+    cfg, reward_cfg = cfgs["align"], cfgs["reward"]
     method = raw.get("method")
     if not isinstance(method, dict):
         raise ConfigError('--config-json: needs "method": {"objective": NAME, ...options}')
-    resolved = {"align": dataclasses.asdict(cfg), "reward": dataclasses.asdict(reward_cfg), "method": method,
-                "seed": args.seed, "data": args.data, "sft": args.sft, "rollouts": args.rollouts}
+    resolved = {**{k: dataclasses.asdict(v) for k, v in cfgs.items()}, "method": method, "seed": args.seed, "data": args.data, "sft": args.sft, "rollouts": args.rollouts}
     with track("align", args.dataset, args.method, args.seed, resolved, run_dir=args.out) as tracker:
         summary = align(args.data, args.sft, args.rollouts, args.out, method, cfg, reward_cfg, args.seed, tracker,
                         args.device)

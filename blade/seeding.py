@@ -22,3 +22,12 @@ def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     return np.random.default_rng(seed)
+
+
+def torch_generator(device, *keys: int):
+    """A ``torch.Generator`` on ``device`` seeded from ``keys`` (e.g. ``seed, step``): a function of
+    the keys alone, so a resumed run draws what the uninterrupted one drew."""
+    import torch
+
+    state = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(state)

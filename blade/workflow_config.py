@@ -44,7 +44,7 @@ def check_config(config: dict[str, Any]) -> None:
 
 
 def _check_alignment(config: dict[str, Any]) -> None:
-    from blade.align.loop import AlignConfig
+    from blade.align.loop import AlignConfig, method_objective
     from blade.align.objective import objective_config
     from blade.align.rollout import RolloutConfig
     from blade.rewards import RewardConfig
@@ -62,5 +62,5 @@ def _check_alignment(config: dict[str, Any]) -> None:
         if name in ("sft", "mostpop", "cooc"):
             raise ConfigError(f"run.methods: '{name}' is a reserved row name (SFT or a reference); rename the method")
     for name, entry in methods.items():
-        options = dict(entry)
-        objective_config(options.pop("objective"), options, f"methods.{name}")
+        objective, options = method_objective(entry, f"methods.{name}")
+        objective_config(objective, options, f"methods.{name}")

@@ -35,9 +35,9 @@ from blade.data.canonical import load_prepared
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
-from blade.seeding import seed_everything
+from blade.seeding import seed_everything, torch_generator
 from blade.train.checkpoint import load_checkpoint, save_checkpoint
-from blade.train.sft import check_select_metric, valid_metrics
+from blade.train.sft import check_select_metric, selection_slice, valid_metrics
 
 
 @dataclass
@@ -89,8 +89,7 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
     seed_everything(seed)
     items, splits, stats = load_prepared(data_dir)
     train, valid = splits["train"], splits["valid"]
-    if cfg.valid_rows and len(valid) > cfg.valid_rows:  # the same fixed slice SFT selects on
-        valid = valid.iloc[np.random.default_rng(0).permutation(len(valid))[: cfg.valid_rows]]
+    valid = selection_slice(valid, cfg.valid_rows)  # the same fixed slice SFT selects on
     reward = ListReward(reward_cfg, items, train, stats)
     ref_frame = pd.read_parquet(rollouts)
     ref_k = len(ref_frame["items"].iloc[0])
@@ -122,7 +121,7 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
     bar = tqdm(range(state["step"], cfg.steps), desc=f"align {name}", mininterval=5)
     for step in bar:
         rows = np.random.default_rng([seed, step]).choice(pool, size=B, replace=len(pool) < B)
-        gen = torch.Generator(device=policy.device).manual_seed(int(np.random.SeedSequence([seed, step, 1]).generate_state(1)[0]))
+        gen = torch_generator(policy.device, seed, step, 1)
         row = alignment_step(policy, ref, objective, reward, opt, params, cfg, rows, histories, targets, step, gen)
         state["log"].append(row)
         if tracker:

@@ -28,7 +28,7 @@ from blade.io import write_parquet
 from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
 from blade.sampling import ListSampler
-from blade.seeding import seed_everything
+from blade.seeding import seed_everything, torch_generator
 
 
 @dataclass
@@ -86,7 +86,7 @@ def reference_rollouts(data_dir: str | Path, model_dir: str | Path, out_path: st
         if part.is_file():  # written by an earlier, interrupted run
             continue
         chunk_rows = rows[c * cfg.chunk:(c + 1) * cfg.chunk]
-        gen = torch.Generator(device=policy.device).manual_seed(int(np.random.SeedSequence([seed, c]).generate_state(1)[0]))
+        gen = torch_generator(policy.device, seed, c)
         lists, _ = sample_groups(policy, [histories[r] for r in chunk_rows], cfg.k, cfg.m, cfg.temperature,
                                  cfg.top_p, cfg.batch_size, gen)
         invalid.append(lists.invalid_rate)

@@ -94,6 +94,13 @@ def continuation_lists(train: pd.DataFrame, target_len: int) -> list[list[int]]:
     return out
 
 
+def selection_slice(valid: pd.DataFrame, n_rows: int) -> pd.DataFrame:
+    """The valid rows model selection reads: all (n_rows 0), or a fixed, seed-independent subset."""
+    if n_rows and len(valid) > n_rows:
+        return valid.iloc[np.random.default_rng(0).permutation(len(valid))[:n_rows]]
+    return valid
+
+
 def valid_metrics(policy: Policy, split: pd.DataFrame, k: int, batch_size: int) -> dict[str, float]:
     """Greedy lists on (a slice of) a split → mean Recall/NDCG at 5, 10 and k."""
     policy.model.eval()
@@ -121,8 +128,7 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
     seed_everything(seed)
     items, splits, _ = load_prepared(data_dir)
     train, valid = splits["train"], splits["valid"]
-    if cfg.valid_rows and len(valid) > cfg.valid_rows:  # a fixed, seed-independent slice
-        valid = valid.iloc[np.random.default_rng(0).permutation(len(valid))[: cfg.valid_rows]]
+    valid = selection_slice(valid, cfg.valid_rows)
     policy = Policy.load(ckpt, policy_cfg.device) if (ckpt / "trainer_state.json").is_file() else Policy.build(policy_cfg, items)
     codec = policy.codec
     prompts = [codec.prompt(h, cfg.k) for h in train["history"]]
