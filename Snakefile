@@ -1,5 +1,5 @@
-# The BLADE reproduction DAG: prepare → sft → rollout → align → evaluate → analysis.
-# Stages are added under workflow/rules/ as they are built; see README.md.
+# The BLADE reproduction DAG: prepare → sft → rollout → align → evaluate → analysis (tables,
+# significance, claims, figures). `snakemake --report results/report.html` builds the report.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -8,15 +8,20 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:
     input:
         expand("results/data/{dataset}/stats.json", dataset=DATASETS),
         all_metrics(),
+        ANALYSIS_TARGETS,
     default_target: True

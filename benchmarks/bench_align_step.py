@@ -1,8 +1,12 @@
 """Benchmark of one alignment step (``blade.align.loop.alignment_step``) on the tiny model.
 
 Prints the median time of each part of a step — rollout (constrained sampling of B·G lists),
-scoring (the list reward), forward (policy log-probs with grad + reference log-probs), objective
-(the estimator and loss), backward, optimizer — plus steps/second and peak memory. The model is
+scoring (the list reward), forward (constrained policy log-probs with grad + reference log-probs:
+two forwards, each with the sampler's mask replayed), objective (the estimator and loss), backward
+(the alignment term's, then the KL penalty's on the retained graph: two passes, so that the
+alignment term's own gradient norm is logged), optimizer — plus steps/second and peak memory.
+``--beta-kl 0`` has no penalty and so one backward pass: the difference is the cost of
+``grad_norm_align``. The model is
 built from config (no SFT needed for timing: it starts untrained), the prior comes from random
 reference rewards, and the dataset is the embedded synthetic one.
 
@@ -32,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 from blade.align.estimators import RefPrior  # noqa: E402
 from blade.align.loop import AlignConfig, alignment_step  # noqa: E402
-from blade.align.objective import build_objective  # noqa: E402
+from blade.align.registry import build_objective  # noqa: E402
 from blade.data import prepare  # noqa: E402
 from blade.data.canonical import load_prepared  # noqa: E402
 from blade.model.policy import Policy, PolicyConfig  # noqa: E402
@@ -58,6 +62,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--reward", default="ndcg", help="comma-separated reward names, weight 1 each")
+    ap.add_argument("--beta-kl", type=float, default=None, help="BLADE's β_kl (default: its config default)")
     args = ap.parse_args()
 
     seed_everything(0)
@@ -84,7 +89,8 @@ def main() -> None:
           f"B={args.contexts} G={args.group} K={args.k}; torch threads {torch.get_num_threads()}")
     print(f"{'estimator':<10}" + "".join(f"{p:>11}" for p in PARTS) + f"{'total':>11}{'steps/s':>9}{'lists/s':>9}")
     for name in args.estimator.split(","):
-        objective = build_objective("blade", {"estimator": name}, prior)
+        options = {"estimator": name} | ({} if args.beta_kl is None else {"beta_kl": args.beta_kl})
+        objective = build_objective("blade", options, prior)
         params = [p for p in policy.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4)
         rows_log = []

@@ -6,7 +6,6 @@ Errors caused by input (config, data) print one clear message and exit with stat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import signal
 import sys
@@ -55,134 +54,85 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
     return value
 
 
-def _config_json(args: argparse.Namespace, **sections: type) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``--config-json`` → the raw mapping and each named section as its typed, validated config."""
-    from blade.config import from_dict
-
-    raw = _json_arg(args.config_json, "--config-json")
-    return raw, {name: from_dict(cls, raw.get(name), name) for name, cls in sections.items()}
-
-
 def cmd_sft(args: argparse.Namespace) -> None:
-    from blade.io import write_json
-    from blade.model.policy import PolicyConfig
-    from blade.tracking import track
-    from blade.train.sft import SFTConfig, train_sft
+    from blade import stages
 
-    _, cfgs = _config_json(args, policy=PolicyConfig, sft=SFTConfig)
-    policy_cfg, sft_cfg = cfgs["policy"], cfgs["sft"]
-    resolved = {**{k: dataclasses.asdict(v) for k, v in cfgs.items()}, "seed": args.seed, "data": args.data}
-    with track("sft", args.dataset, "sft", args.seed, resolved, run_dir=args.out) as tracker:
-        summary = train_sft(args.data, args.out, policy_cfg, sft_cfg, args.seed, tracker)
-        tracker.log_final(summary)
-        tracker.log_artifact(f"{args.out}/train_log.parquet")
-    write_json(f"{args.out}/summary.json", summary)
+    summary = stages.sft(_json_arg(args.config_json, "--config-json"), args.data, args.out, args.seed, args.dataset)
     print(f"sft done: {summary}")
 
 
 def cmd_rollout(args: argparse.Namespace) -> None:
-    from blade.align.rollout import RolloutConfig, reference_rollouts
-    from blade.io import write_json
-    from blade.rewards import RewardConfig
-    from blade.tracking import track
+    from blade import stages
 
-    _, cfgs = _config_json(args, rollout=RolloutConfig, reward=RewardConfig)
-    cfg, reward_cfg = cfgs["rollout"], cfgs["reward"]
-    resolved = {**{k: dataclasses.asdict(v) for k, v in cfgs.items()}, "seed": args.seed, "data": args.data,
-                "model": args.model}
-    with track("rollout", args.dataset, "ref", args.seed, resolved) as tracker:
-        summary = reference_rollouts(args.data, args.model, args.out, cfg, reward_cfg, args.seed, args.device)
-        tracker.log_final(summary)
-    write_json(f"{args.out}.summary.json", summary)
+    summary = stages.rollout(_json_arg(args.config_json, "--config-json"), args.data, args.model, args.out, args.seed,
+                             args.dataset, args.reward_setting, args.device)
     print(f"rollouts done: {summary}")
 
 
 def cmd_align(args: argparse.Namespace) -> None:
-    from blade.align.loop import AlignConfig, align
-    from blade.errors import ConfigError
-    from blade.io import write_json
-    from blade.rewards import RewardConfig
-    from blade.tracking import track
+    from blade import stages
 
-    raw, cfgs = _config_json(args, align=AlignConfig, reward=RewardConfig)
-    cfg, reward_cfg = cfgs["align"], cfgs["reward"]
-    method = raw.get("method")
-    if not isinstance(method, dict):
-        raise ConfigError('--config-json: needs "method": {"objective": NAME, ...options}')
-    resolved = {**{k: dataclasses.asdict(v) for k, v in cfgs.items()}, "method": method, "seed": args.seed, "data": args.data, "sft": args.sft, "rollouts": args.rollouts}
-    with track("align", args.dataset, args.method, args.seed, resolved, run_dir=args.out) as tracker:
-        summary = align(args.data, args.sft, args.rollouts, args.out, method, cfg, reward_cfg, args.seed, tracker,
-                        args.device)
-        tracker.log_final(summary)
-        tracker.log_artifact(f"{args.out}/diagnostics.parquet")
-        tracker.log_artifact(f"{args.out}/valid_curve.parquet")
-    write_json(f"{args.out}/summary.json", summary)
+    summary = stages.align(_json_arg(args.config_json, "--config-json"), args.data, args.sft, args.rollouts, args.out,
+                           args.seed, args.dataset, args.method, args.reward_setting, args.device)
     print(f"align done: {summary}")
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    import numpy as np
+    from blade.experiment import EvalConfig
+    from blade.recommend import recommend
 
-    from blade.data.canonical import load_prepared
-    from blade.evaluation import write_recs
+    defaults = EvalConfig()
+    args.k = args.k or defaults.k
+    args.batch_size = args.batch_size or defaults.batch_size
+    n = recommend(args.out, args.data, args.split, args.k, args.batch_size, args.model, args.reference, args.device,
+                  args.samples, args.seed)
+    print(f"wrote {n} rows of {args.k} items to {args.out}")
 
-    items, splits, _ = load_prepared(args.data)
-    frame = splits[args.split]
-    if args.reference:
-        from blade.reference import CoOccurrence, most_popular
 
-        if args.reference == "mostpop":
-            lists = most_popular(splits["train"], items["item_id"].to_numpy(), len(frame), args.k)
-        else:
-            lists = CoOccurrence(splits["train"], items["item_id"].to_numpy()).recommend(frame["history"].tolist(), args.k)
-    else:
-        from blade.model.policy import Policy
-        from blade.sampling import ListSampler
-        from blade.seeding import seed_everything
+def cmd_bon(args: argparse.Namespace) -> None:
+    from blade.config import from_dict
+    from blade.errors import ConfigError
+    from blade.experiment import EvalConfig
+    from blade.recommend import best_of_n, write_with_cost
+    from blade.rewards import RewardConfig
 
-        seed_everything(0)
-        policy = Policy.load(args.model, args.device)
-        policy.model.eval()
-        prompts = [policy.codec.prompt(h, args.k) for h in frame["history"]]
-        lists = ListSampler(policy, args.k, batch_size=args.batch_size).generate(prompts, greedy=True).items.numpy()
-    write_recs(args.out, np.asarray(lists))
-    print(f"wrote {len(frame)} lists of {args.k} items to {args.out}")
+    if "{method}" not in args.out:
+        raise ConfigError("--out must hold {method}, e.g. results/eval/DS/ndcg/{method}/seed0/test/recs.jsonl")
+    raw = _json_arg(args.config_json, "--config-json")
+    reward_cfg = from_dict(RewardConfig, raw.get("reward"), "reward")
+    evaluation = from_dict(EvalConfig, raw.get("evaluate"), "evaluate")
+    rows = best_of_n(args.model, args.data, args.split, evaluation.k, evaluation.bon_n, reward_cfg,
+                     evaluation.batch_size, args.seed, args.device)
+    for (kind, n), (lists, cost) in rows.items():
+        write_with_cost(args.out.format(method=f"{kind}_n{n}"), lists, cost)
+    print(f"wrote Best-of-N lists for N in {evaluation.bon_n} to {args.out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from blade.evaluation import evaluate
-    from blade.tracking import track
-
+    from blade import stages
     from blade.errors import ConfigError
+    from blade.experiment import EvalConfig
 
     try:
-        ks = tuple(int(k) for k in args.ks.split(","))
+        ks = [int(k) for k in args.ks.split(",")] if args.ks else EvalConfig().ks
     except ValueError as exc:
         raise ConfigError(f"--ks {args.ks!r}: give positive integers separated by commas, e.g. 5,10,20") from exc
-    config = {"recs": args.recs, "data": args.data, "split": args.split, "ks": list(ks)}
-    with track(f"evaluate_{args.split}", args.dataset, args.method, args.seed, config, run_dir=args.out) as tracker:
-        summary = evaluate(args.recs, args.data, args.split, args.out, ks)
-        tracker.log_final({k: v for k, v in summary.items() if isinstance(v, float)})
-        tracker.log_artifacts(args.out)
+    summary = stages.evaluate(args.recs, args.data, args.split, args.out, ks, args.dataset, args.method, args.seed,
+                              args.reward_setting)
     k = 10 if 10 in ks else max(ks)
     print(" ".join(f"{m}={summary[m]:.4f}" for m in (f"recall@{k}", f"ndcg@{k}", "invalid_rate") if m in summary))
 
 
 def _config_sections() -> dict[str, type]:
-    from blade.align.loop import AlignConfig
-    from blade.align.rollout import RolloutConfig
     from blade.data.canonical import DatasetSpec
-    from blade.model.policy import PolicyConfig
+    from blade.experiment import _SECTIONS, RunConfig
     from blade.rewards import RewardConfig
-    from blade.train.sft import SFTConfig
-    from blade.workflow_config import EvalConfig
 
-    return {"dataset": DatasetSpec, "policy": PolicyConfig, "sft": SFTConfig, "reward": RewardConfig,
-            "rollout": RolloutConfig, "align": AlignConfig, "evaluate": EvalConfig}
+    return {"run": RunConfig, "dataset": DatasetSpec, "reward": RewardConfig, **_SECTIONS}
 
 
 def cmd_options(args: argparse.Namespace) -> None:
-    from blade.align.objective import OBJECTIVES, objective_class
+    from blade.align.registry import OBJECTIVES, objective_class
     from blade.config import describe
     from blade.data.sources import SOURCES, get_source
     from blade.errors import ConfigError
@@ -215,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sft", help="supervised warm-up of the list policy (π_ref)")
     p.add_argument("--data", required=True, help="a prepared dataset directory (results/data/NAME)")
     p.add_argument("--out", required=True, help="output directory (results/models/NAME/sft/seedS)")
-    p.add_argument("--config-json", default="{}", help='{"policy": {...}, "sft": {...}} (config sections)')
+    p.add_argument("--config-json", default="{}", help='{"policy": {...}, "sft": {...}, "evaluate": {...}} (config sections)')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default="dataset", help="dataset name for tracking")
     p.set_defaults(func=cmd_sft)
@@ -225,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the SFT policy directory (…/sft/seedS/best)")
     p.add_argument("--out", required=True, help="output Parquet file (results/rollouts/NAME/ref/seedS.parquet)")
     p.add_argument("--config-json", default="{}", help='{"rollout": {...}, "reward": {...}}')
+    p.add_argument("--reward-setting", default=None, help="the reward setting's name (tracking and run identity)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="override the policy's device")
     p.add_argument("--dataset", default="dataset", help="dataset name for tracking")
@@ -236,30 +187,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollouts", required=True, help="the reference rollouts Parquet file")
     p.add_argument("--out", required=True, help="output directory (results/models/NAME/METHOD/seedS)")
     p.add_argument("--config-json", default="{}",
-                   help='{"align": {...}, "reward": {...}, "method": {"objective": NAME, ...}}')
+                   help='{"align": {...}, "reward": {...}, "evaluate": {...}, "method": {"objective": NAME, ...}}')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="override the policy's device")
     p.add_argument("--dataset", default="dataset", help="dataset name for tracking")
     p.add_argument("--method", default="blade", help="method name for tracking")
+    p.add_argument("--reward-setting", default=None, help="the reward setting's name (tracking and run identity)")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("recommend", help="write top-K lists for a split (JSON lines {row, items})")
     p.add_argument("--data", required=True, help="a prepared dataset directory")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--k", type=int, default=20, help="list length")
+    p.add_argument("--k", type=int, default=None, help="list length (default: evaluate.k)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a saved policy directory (greedy constrained decoding)")
     src.add_argument("--reference", choices=["mostpop", "cooc"], help="a classic reference recommender")
     p.add_argument("--device", default=None, help="override the policy's device")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="contexts per sampler batch (default: evaluate.batch_size)")
+    p.add_argument("--samples", type=int, default=0, help="sampled decoding: lists per row (0 = greedy)")
+    p.add_argument("--seed", type=int, default=0, help="sampled decoding: the seed of the draws")
     p.add_argument("--out", required=True, help="recommendations file (.jsonl)")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("bon", help="Best-of-N over π_ref: bon_n{N} (inference reward) and oracle_bon_n{N} lists")
+    p.add_argument("--model", required=True, help="the SFT policy directory (π_ref, …/sft/seedS/best)")
+    p.add_argument("--data", required=True, help="a prepared dataset directory")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--config-json", default="{}", help='{"reward": {...}, "evaluate": {...}} (N values: evaluate.bon_n)')
+    p.add_argument("--seed", type=int, default=0, help="the seed of the draws")
+    p.add_argument("--device", default=None, help="override the policy's device")
+    p.add_argument("--out", required=True, help="recommendations path with {method}, e.g. …/{method}/seed0/test/recs.jsonl")
+    p.set_defaults(func=cmd_bon)
 
     p = sub.add_parser("evaluate", help="score a recommendations file against a split")
     p.add_argument("--recs", required=True, help='JSON lines {"row": r, "items": [ids]}, one per row of the split')
     p.add_argument("--data", required=True, help="a prepared dataset directory")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--ks", default="5,10,20", help="cut-offs, comma-separated")
+    p.add_argument("--ks", default=None, help="cut-offs, comma-separated (default: evaluate.ks, `blade options evaluate`)")
+    p.add_argument("--reward-setting", default=None, help="tracking: the reward setting the lists were trained under")
     p.add_argument("--out", required=True, help="directory for per_user.parquet and metrics.json")
     p.add_argument("--dataset", default="dataset", help="tracking: dataset name")
     p.add_argument("--method", default="external", help="tracking: method name")

@@ -57,7 +57,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {list(args)}")
         return value
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return value if isinstance(value, tp) else from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -67,7 +67,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
         val_tp = args[1] if len(args) == 2 else Any
-        return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(v, val_tp, _join(where, k)) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -87,8 +87,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {_type_name(tp)} at {where}")  # a bug, not user input
 
 
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
 def from_dict(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass ``cls`` from ``data``; ``where`` names the config path for error messages."""
+    """Build dataclass ``cls`` from ``data``; ``where`` names the config path for error messages
+    ("" at the top of a whole config file, so keys read ``align.steps``)."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -99,8 +104,8 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" — did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{where}.{key}: unknown option{hint} Valid options: {', '.join(fields)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+            raise ConfigError(f"{_join(where, key)}: unknown option{hint} Valid options: {', '.join(fields)}")
+    kwargs = {k: _coerce(v, hints[k], _join(where, k)) for k, v in data.items()}
     missing = [
         name
         for name, f in fields.items()
@@ -112,7 +117,7 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     try:
         return cls(**kwargs)
     except ValueError as exc:  # __post_init__ range checks
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise ConfigError(f"{where or 'config'}: {exc}") from exc
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

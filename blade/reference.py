@@ -11,15 +11,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-
-def _index(item_ids: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
-    item_ids = np.asarray(item_ids, dtype=np.int64)
-    return item_ids, {int(i): n for n, i in enumerate(item_ids)}
+from blade.errors import DataError
+from blade.metrics import ItemIndex
 
 
 def most_popular(train: pd.DataFrame, item_ids: np.ndarray, n_contexts: int, k: int) -> np.ndarray:
     """The same K most frequent train targets for every context: (n_contexts, K)."""
-    item_ids, _ = _index(item_ids)
+    item_ids = ItemIndex(item_ids).ids
     counts = train["target"].value_counts().reindex(item_ids, fill_value=0).to_numpy()
     top = item_ids[np.lexsort((item_ids, -counts))[:k]]  # ties broken by item id
     return np.tile(top, (n_contexts, 1))
@@ -33,25 +31,28 @@ class CoOccurrence:
     """
 
     def __init__(self, train: pd.DataFrame, item_ids: np.ndarray, decay: float = 0.7):
-        self.item_ids, self.pos = _index(item_ids)
+        self.index = ItemIndex(item_ids)
+        self.item_ids = self.index.ids
         self.decay = decay
         n = len(self.item_ids)
-        src_ix = np.array([self.pos[h[-1]] for h in train["history"]], dtype=np.int64)
-        dst_ix = np.array([self.pos[t] for t in train["target"]], dtype=np.int64)
+        src_ix = self.index.index_of(np.fromiter((h[-1] for h in train["history"]), np.int64, len(train)))
+        dst_ix = self.index.index_of(train["target"].to_numpy(dtype=np.int64))
+        if (src_ix < 0).any() or (dst_ix < 0).any():  # a prepared train split never has them
+            raise DataError("train split names item ids that are not in the catalogue; re-run `blade prepare`")
         self.counts = sp.csr_matrix((np.ones(len(src_ix)), (src_ix, dst_ix)), shape=(n, n))
         pop = train["target"].value_counts().reindex(self.item_ids, fill_value=0).to_numpy(float)
         self.prior = 1e-3 * pop / max(pop.max(), 1.0)
 
     def scores(self, histories: list[list[int]]) -> np.ndarray:
         """(U, n_items) scores."""
-        rows, cols, vals = [], [], []
-        for u, hist in enumerate(histories):
-            for age, item in enumerate(reversed(hist)):
-                if item in self.pos:
-                    rows.append(u)
-                    cols.append(self.pos[item])
-                    vals.append(self.decay**age)
-        weights = sp.csr_matrix((vals, (rows, cols)), shape=(len(histories), len(self.item_ids)))
+        lens = np.fromiter(map(len, histories), np.int64, len(histories))  # (U,)
+        flat = np.fromiter((i for h in histories for i in h), np.int64, int(lens.sum()))
+        rows = np.repeat(np.arange(len(histories)), lens)
+        age = np.repeat(np.cumsum(lens), lens) - np.arange(len(flat)) - 1  # 0 = most recent item
+        cols = self.index.index_of(flat)
+        known = cols >= 0  # unseen items carry no co-occurrence
+        weights = sp.csr_matrix((self.decay ** age[known], (rows[known], cols[known])),
+                                shape=(len(histories), len(self.item_ids)))
         return np.asarray((weights @ self.counts).todense()) + self.prior
 
     def recommend(self, histories: list[list[int]], k: int, batch: int = 4096) -> np.ndarray:

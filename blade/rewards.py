@@ -1,4 +1,4 @@
-"""List-wise rewards r(x, y) for alignment and inference-time Best-of-N (METHOD.md §4).
+"""List-wise rewards r(x, y) for alignment and inference-time Best-of-N (docs/method.md (4.1)–(4.4)).
 
 Every reward scores a whole recommended list, lies in [0, 1] and is a plain function over numpy
 arrays; :class:`ListReward` combines the configured ones with the weights of :class:`RewardConfig`
@@ -22,7 +22,8 @@ Built-in rewards (names are the ``weights`` keys):
 - ``diversity``: intra-list diversity, the mean over *all* K(K−1)/2 slot pairs of a pairwise
   distance (a pair with an invalid slot scores 0): ``1 − Jaccard`` of genre sets where the dataset
   has genres, else ``1 − cosine`` of item embeddings factorised from the train co-occurrence rows
-  (:class:`CooccurrenceEmbedding`; ``diversity_by``, ``diversity_dim``).
+  (:class:`CooccurrenceEmbedding`; ``diversity_by``, ``diversity_dim``). :func:`item_distance` is
+  the one place this distance is chosen: evaluation's ``ild@K`` uses it too.
 
 Adding a reward is one function and a name; it then becomes a valid ``weights`` key::
 
@@ -59,8 +60,11 @@ from blade.config import option
 from blade.errors import ConfigError, DataError
 from blade.metrics import (
     Catalogue,
-    _first_occurrence,
+    ItemDistance,
+    ItemIndex,
     _valid_index,
+    build_catalogue,
+    genre_distance,
     group_shares,
     ild_at_k,
     invalid_rate,
@@ -101,8 +105,8 @@ class RelevanceModel:
 
     def __init__(self, scorer: Scorer, max_cells: int = 1 << 22):
         self.scorer = scorer
-        self.item_ids = np.asarray(scorer.item_ids, dtype=np.int64)
-        self._order = np.argsort(self.item_ids)
+        self.index = ItemIndex(scorer.item_ids)  # item id -> column of the scorer's output
+        self.item_ids = self.index.ids
         self._rows_per_batch = max(1, max_cells // len(self.item_ids))  # bounds score-matrix memory
 
     @classmethod
@@ -110,21 +114,13 @@ class RelevanceModel:
         """The default model: item-item co-occurrence fitted on the train split only."""
         return cls(CoOccurrence(train, item_ids, decay=decay))
 
-    def index_of(self, ids: np.ndarray) -> np.ndarray:
-        """Column of each id in the scorer's output (same shape); -1 for unknown ids."""
-        ids = np.asarray(ids, dtype=np.int64)
-        srt = self.item_ids[self._order]
-        pos = np.clip(np.searchsorted(srt, ids), 0, len(srt) - 1)
-        return np.where(srt[pos] == ids, self._order[pos], -1)
-
     def score_lists(self, histories: Sequence[Sequence[int]], lists: np.ndarray) -> np.ndarray:
         """(R,) relevance in [0, 1] of each list (R, K) for its history."""
         lists = np.asarray(lists, dtype=np.int64)
         if lists.ndim != 2 or len(histories) != lists.shape[0]:
             raise ValueError(f"need one history per list; got {len(histories)} histories, lists {lists.shape}")
         R, K = lists.shape
-        pos = self.index_of(lists)
-        idx = np.where(_first_occurrence(lists) & (pos >= 0), pos, -1)  # (R, K) -1 = invalid slot
+        idx = _valid_index(lists, self.index)  # (R, K) scorer column, -1 = invalid slot
         unique: dict[tuple[int, ...], int] = {}
         inv = np.fromiter((unique.setdefault(tuple(h), len(unique)) for h in histories), np.int64, R)  # (R,)
         uniq_hists = [list(h) for h in unique]
@@ -210,24 +206,6 @@ def fairness_reward(lists: np.ndarray, catalogue: Catalogue, target: np.ndarray,
     return np.clip(np.nan_to_num(fair, nan=0.0), 0.0, 1.0) * (1.0 - invalid_rate(lists, catalogue))
 
 
-def _pair_share(lists: np.ndarray, catalogue: Catalogue) -> np.ndarray:
-    """(R,) valid pairs / all K(K−1)/2 pairs: rescales a mean over valid pairs to all slot pairs."""
-    k = lists.shape[1]
-    v = np.rint(k * (1.0 - invalid_rate(lists, catalogue)))
-    return v * (v - 1) / (k * (k - 1))
-
-
-def genre_diversity(lists: np.ndarray, catalogue: Catalogue) -> np.ndarray:
-    """(R,) mean over all slot pairs of 1 − Jaccard(genre sets); :func:`ild_at_k` on the valid pairs
-    (two genre-less items: distance 0), rescaled so a pair with an invalid slot counts 0. K=1: 0."""
-    lists = np.asarray(lists, dtype=np.int64)
-    if catalogue.genres is None:
-        raise DataError("genre diversity needs item genres; this catalogue has none")
-    if lists.shape[1] < 2:
-        return np.zeros(lists.shape[0])
-    return np.nan_to_num(ild_at_k(lists, catalogue, lists.shape[1]), nan=0.0) * _pair_share(lists, catalogue)
-
-
 class CooccurrenceEmbedding:
     """Item embeddings from train co-occurrence: the fallback diversity basis without genres.
 
@@ -252,9 +230,13 @@ class CooccurrenceEmbedding:
             u, sing, _ = np.linalg.svd(a.toarray(), full_matrices=False)
         else:  # ARPACK, seeded so the reward is deterministic; ~0.4 s for 10k items at dim 64
             u, sing, _ = svds(a, k=dim, random_state=0)
-        emb = u * sing  # (n, d)
+        emb = u * sing  # (n, d); row i ≈ Â_i, of length <= 1
         length = np.linalg.norm(emb, axis=1, keepdims=True)
-        self.vectors = np.where(length > 0, emb / np.maximum(length, 1e-300), 0.0).astype(np.float32)  # (n, d)
+        # An empty row's SVD embedding is round-off (~1e-17), not zero: normalising it would give
+        # the item a random direction. Lengths below 1e-6 (empty rows, or rows the truncation
+        # drops) are set to the zero embedding, i.e. cosine 0 to every other item.
+        keep = (length > 1e-6) & ~self.empty[:, None]
+        self.vectors = np.where(keep, emb / np.maximum(length, 1e-300), 0.0).astype(np.float32)  # (n, d)
 
     def distance(self, idx: np.ndarray) -> np.ndarray:
         """(U, k, k) 1 − cosine between the catalogue rows ``idx`` (U, k), all >= 0."""
@@ -264,22 +246,38 @@ class CooccurrenceEmbedding:
         return np.where(both_empty, 0.0, d)
 
 
-def cooccurrence_diversity(lists: np.ndarray, catalogue: Catalogue, embedding: CooccurrenceEmbedding,
-                           chunk: int = 8192) -> np.ndarray:
-    """(R,) mean over all K(K−1)/2 slot pairs of ``embedding.distance``; a pair with an invalid slot
-    counts 0. K=1: 0."""
+def diversity_basis(catalogue: Catalogue, by: str = "auto") -> str:
+    """``'genre'`` or ``'cooccurrence'``: what ``diversity_by`` means on this catalogue."""
+    _choice(by, DIVERSITY_BY, "diversity_by")
+    if by == "genre" and catalogue.genres is None:
+        raise ConfigError("diversity_by: 'genre' needs genres, but this dataset has none; use "
+                          "diversity_by: cooccurrence (or auto)")
+    return "genre" if by == "genre" or (by == "auto" and catalogue.genres is not None) else "cooccurrence"
+
+
+def item_distance(catalogue: Catalogue, train: pd.DataFrame, by: str = "auto", dim: int | None = None,
+                  embedding: CooccurrenceEmbedding | None = None) -> ItemDistance:
+    """The item distance of the ``diversity`` reward and of evaluation's ``ild@K`` (one function, so
+    the two cannot drift): 1 − Jaccard of genre sets (:func:`blade.metrics.genre_distance`), or
+    1 − cosine of :class:`CooccurrenceEmbedding` fitted on ``train`` only (``dim``: its rank, default
+    the ``diversity_dim`` default; ``embedding``: one already built, e.g. by :class:`ListReward`)."""
+    if diversity_basis(catalogue, by) == "genre":
+        return genre_distance(catalogue)
+    if embedding is None:
+        dim = RewardConfig().diversity_dim if dim is None else dim
+        embedding = CooccurrenceEmbedding(CoOccurrence(train, catalogue.item_ids).counts, dim=dim)
+    return embedding.distance
+
+
+def diversity_reward(lists: np.ndarray, catalogue: Catalogue, distance: ItemDistance) -> np.ndarray:
+    """(R,) mean of ``distance`` over all K(K−1)/2 slot pairs, a pair with an invalid slot counting 0:
+    :func:`ild_at_k` (the mean over valid pairs) times the share of valid pairs. K=1: 0."""
     lists = np.asarray(lists, dtype=np.int64)
-    idx = _valid_index(lists, catalogue)  # (R, K)
-    R, K = idx.shape
+    R, K = lists.shape
     if K < 2:
         return np.zeros(R)
-    ok = idx >= 0
-    pair = np.triu(np.ones((K, K), dtype=bool), 1)[None] & ok[:, :, None] & ok[:, None, :]  # (R, K, K)
-    out = np.empty(R)
-    for s in range(0, R, chunk):  # chunks bound the (R, K, K) memory, not a loop per list
-        d = embedding.distance(np.maximum(idx[s:s + chunk], 0))
-        out[s:s + chunk] = (d * pair[s:s + chunk]).sum((1, 2)) / (K * (K - 1) / 2)
-    return out
+    v = (_valid_index(lists, catalogue) >= 0).sum(1)  # (R,) valid slots
+    return np.nan_to_num(ild_at_k(lists, catalogue, K, distance), nan=0.0) * v * (v - 1) / (K * (K - 1))
 
 
 # ---------------------------------------------------------------- registry
@@ -328,9 +326,7 @@ def _fairness(batch: RewardBatch, env: ListReward) -> np.ndarray:
 
 @register_reward("diversity")
 def _diversity(batch: RewardBatch, env: ListReward) -> np.ndarray:
-    if env.diversity_basis == "genre":
-        return genre_diversity(batch.lists, env.catalogue)
-    return cooccurrence_diversity(batch.lists, env.catalogue, env.embedding)
+    return diversity_reward(batch.lists, env.catalogue, env.distance)
 
 
 # ---------------------------------------------------------------- config and combination
@@ -341,7 +337,7 @@ def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
 
 @dataclass
 class RewardConfig:
-    """Which list-wise rewards make r(x, y), and their options (METHOD.md §4)."""
+    """Which list-wise rewards make r(x, y), and their options (docs/method.md (4.1)–(4.4))."""
 
     weights: dict[str, float] = option(
         {"ndcg": 1.0},
@@ -400,19 +396,10 @@ class ListReward:
 
     def __init__(self, config: RewardConfig, items: pd.DataFrame, train: pd.DataFrame, stats: dict[str, Any]):
         self.config, self.items, self.train, self.stats = config, items, train, stats
-        has_genres = items["genres"].map(lambda g: g is not None and len(g) > 0).any()
-        genres = [list(g) if g is not None else [] for g in items["genres"]] if has_genres else None
-        # Built here rather than with evaluation.catalogue_for: rewards need no per-row history, and
-        # the group count comes from stats.json so an empty tail group still has a target share.
-        n_groups = int((stats.get("popularity") or {}).get("n_groups", int(items["pop_group"].max()) + 1))
-        self.catalogue = Catalogue(item_ids=items["item_id"].to_numpy(), pop_group=items["pop_group"].to_numpy(),
-                                   train_pop=items["train_pop"].to_numpy(), genres=genres, n_groups=n_groups)
+        self.catalogue = build_catalogue(items, stats)  # no per-row history: rewards need none
         active = config.active
-        if config.diversity_by == "genre" and genres is None and "diversity" in active:
-            raise ConfigError("diversity_by: 'genre' needs genres, but this dataset has none; use "
-                              "diversity_by: cooccurrence (or auto)")
-        self.diversity_basis = "genre" if config.diversity_by == "genre" or (
-            config.diversity_by == "auto" and genres is not None) else "cooccurrence"
+        # None when diversity is not computed, so an unused diversity_by is never an error
+        self.diversity_basis = diversity_basis(self.catalogue, config.diversity_by) if "diversity" in active else None
         if "fairness" in active:
             self.fairness_target = target_distribution(stats, config.fairness_by, config.fairness_target)
             if config.fairness_by == "genre" and list(stats["genres"]["names"]) != self.catalogue.genre_names:
@@ -420,8 +407,8 @@ class ListReward:
                                 "re-run `blade prepare`")
         if "relevance" in active:
             self.relevance_model  # noqa: B018 — build now, not inside the first training step
-        if "diversity" in active and self.diversity_basis == "cooccurrence":
-            self.embedding  # noqa: B018
+        if "diversity" in active:
+            self.distance  # noqa: B018
 
     @cached_property
     def cooccurrence(self) -> CoOccurrence:
@@ -436,6 +423,13 @@ class ListReward:
     def embedding(self) -> CooccurrenceEmbedding:
         """Co-occurrence item embeddings (the diversity basis when the dataset has no genres)."""
         return CooccurrenceEmbedding(self.cooccurrence.counts, dim=self.config.diversity_dim)
+
+    @cached_property
+    def distance(self) -> ItemDistance:
+        """The diversity reward's item distance (:func:`item_distance`)."""
+        by = self.diversity_basis or diversity_basis(self.catalogue, self.config.diversity_by)
+        return item_distance(self.catalogue, self.train, by,
+                             embedding=self.embedding if by == "cooccurrence" else None)
 
     def __call__(self, histories: Sequence[Sequence[int]], targets: np.ndarray | None,
                  lists: np.ndarray) -> dict[str, np.ndarray]:

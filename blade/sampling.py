@@ -6,19 +6,24 @@ row or token (the way BIGRec/D3 decode with ``prefix_allowed_tokens_fn``). A row
 exactly the trie edges that lead to at least one item not yet in its list, so invalid or repeated
 items cannot be produced; the invalid-output rate is still measured and reported.
 
-The mask is an (R, V) tensor, 0 on allowed tokens and -1 elsewhere (masked scores are
-``logits + 1e30·mask``). For one-token codes (the atomic codec) it is kept across steps and a listed
-item's token is set to -1; for multi-token codes each row keeps a copy of the trie's per-node item
-counts, decrements the nodes on a listed item's path, and the mask is rebuilt from the current
-nodes' edges at every step.
+The mask lives in :class:`ListMask`: an (R, V) tensor, 0 on allowed tokens and -1 elsewhere
+(masked scores are ``logits + 1e30·mask``). For one-token codes (the atomic codec) it is kept across
+steps and a listed item's token is set to -1; for multi-token codes each row keeps a copy of the
+trie's per-node item counts, decrements the nodes on a listed item's path, and the mask is rebuilt
+from the current nodes' edges at every step. The same object replays given lists
+(:func:`mask_list_logits_`, behind ``Policy.token_logprobs(..., constrained=True)``), so training
+scores every list under exactly the distribution the sampler draws it from — the constrained list
+log-prob of docs/method.md (3.9), ``Σ_t [z_t(y_t) − logsumexp_{v∈A_t} z_t(v)]``.
 
-Choosing a token reads the logits a fixed, small number of times: one exponentiation (relative to
-the row maximum) gives the raw log-sum-exp (for ``logp``) and, multiplied by the mask, the allowed
-mass (for ``sample_logp``) and — at temperature 1 — the sampling weights; greedy takes the first
-maximum of the masked scores, sampling is two-level inverse-CDF (block sums, then one block), exact
-and driven by the given ``torch.Generator``; nucleus (top-p) sampling sorts only the top of each
-row (``topk``, widened until the nucleus fits). Nothing is normalised twice, and apart from the
-LM head's output no (R, V) tensor is allocated per step.
+Log-probs returned with the lists: ``logp`` is that constrained log-prob at temperature 1 without
+top-p (the policy being trained), ``sample_logp`` the log-prob under the tempered, nucleus-truncated
+constrained distribution the token was actually drawn from. Choosing a token reads the logits a
+fixed, small number of times: one exponentiation (relative to the row maximum), multiplied by the
+mask, gives the allowed mass (for ``logp``) and — at temperature 1 — the sampling weights; greedy
+takes the first maximum of the masked scores, sampling is two-level inverse-CDF (block sums, then
+one block), exact and driven by the given ``torch.Generator``; nucleus (top-p) sampling sorts only
+the top of each row (``topk``, widened until the nucleus fits). Nothing is normalised twice, and
+apart from the LM head's output no (R, V) tensor is allocated per step.
 
 Models built from the Llama/Qwen2 decoder blocks (the tiny policies and most pretrained ones,
 LoRA-wrapped or not) run through :class:`_LeanLM`: the model's own modules (norms, projections,
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from blade.metrics import invalid_rate
 from blade.model.policy import Policy
 
 
@@ -46,9 +52,116 @@ class Lists:
     items: torch.Tensor        # (R, K) item ids
     tokens: torch.Tensor       # (R, T) list tokens, padding after each row's end
     mask: torch.Tensor         # (R, T) bool, True on real tokens
-    logp: torch.Tensor         # (R, T) the model's own log-prob of each token (temperature 1, no mask)
-    sample_logp: torch.Tensor  # (R, T) log-prob under the constrained, tempered, top-p distribution
+    logp: torch.Tensor         # (R, T) constrained log-prob of each token at temperature 1, no top-p (0 on padding)
+    sample_logp: torch.Tensor  # (R, T) log-prob under the constrained, tempered, top-p distribution it was drawn from
     invalid_rate: float        # share of list slots that are not distinct valid items (0 by construction)
+
+
+class TrieTables:
+    """A codec's prefix trie on the policy's device plus the lookups the mask needs (built once per
+    sampler or scoring call; the trie itself is the codec's, never rebuilt)."""
+
+    def __init__(self, policy: Policy):
+        dev = policy.device
+        self.trie = policy.codec.trie.to(dev)
+        self.item_ids = torch.tensor(policy.codec.item_ids, dtype=torch.long, device=dev)
+        self.vocab = policy.model.get_output_embeddings().weight.shape[0]
+        self.pad = policy.codec.pad_id
+        self.atomic = self.trie.depth == 1
+        root_edges = slice(int(self.trie.ptr[0]), int(self.trie.ptr[1]))
+        self.root_allowed = torch.zeros(self.vocab, dtype=torch.bool, device=dev)
+        self.root_allowed[self.trie.child_token[root_edges]] = True
+        if self.atomic:  # token → item index (-1 for tokens that are no item)
+            self.tok_item = torch.full((self.vocab,), -1, dtype=torch.long, device=dev)
+            self.tok_item[self.trie.child_token[root_edges]] = self.trie.leaf_item[self.trie.child_node[root_edges]]
+
+
+class ListMask:
+    """Which token each of R rows may emit next, step by step: the trie edges that lead to at least
+    one item not yet in the row's list; a finished row emits padding only. The sampler advances it
+    with the tokens it draws, :func:`mask_list_logits_` with the tokens of given lists — one mask for
+    both, so training scores a list under the distribution it was sampled from.
+
+    :meth:`next` gives the mask ``neg`` (R, V): 0 where allowed, -1 where not. One-token codes: one
+    (R, V) tensor kept across steps, a listed item's token set to -1. Multi-token codes: each row's
+    copy of the trie's per-node item counts (R, nodes), decremented along a listed item's path, and
+    the mask rebuilt from the current nodes' edges at every step. ``items`` (R, k) collects the
+    listed item indices (-1 where none yet)."""
+
+    def __init__(self, tables: TrieTables, R: int, k: int):
+        self.t, self.k = tables, k
+        dev = tables.root_allowed.device
+        self.rows = torch.arange(R, device=dev)
+        self.n_done = torch.zeros(R, dtype=torch.long, device=dev)
+        self.items = torch.full((R, k), -1, dtype=torch.long, device=dev)
+        self.steps = 0
+        if tables.atomic:  # every row lists one item per step
+            self.neg = (tables.root_allowed.float() - 1.0).expand(R, tables.vocab).clone()
+            self.active = torch.ones(R, dtype=torch.bool, device=dev)
+            self._every_row = True
+        else:
+            self.node = torch.zeros(R, dtype=torch.long, device=dev)
+            self.remaining = tables.trie.count.to(torch.int32).expand(R, -1).clone()  # (R, nodes)
+            self.neg = torch.empty((R, tables.vocab), device=dev)
+
+    def next(self, active: torch.Tensor | None = None) -> torch.Tensor:
+        """The mask (R, V) for the next token. ``active`` (R,) bool: the rows still listing; None =
+        the sampler's rule (atomic: every row, for exactly k steps; else rows with < k items)."""
+        t = self.t
+        if t.atomic:
+            self._every_row = active is None
+            if active is None:
+                return self.neg
+            self.active = active
+            pad_only = torch.full_like(self.neg[0], -1.0)
+            pad_only[t.pad] = 0.0
+            return torch.where(active[:, None], self.neg, pad_only)
+        self.active = self.n_done < self.k if active is None else active
+        er, e = t.trie.edges(self.node)
+        ok = (self.remaining[er, t.trie.child_node[e]] > 0) & self.active[er]
+        self.neg.fill_(-1.0)
+        self.neg[er[ok], t.trie.child_token[e[ok]]] = 0.0
+        self.neg[~self.active, t.pad] = 0.0  # finished rows emit padding
+        self._edges = er, e
+        return self.neg
+
+    def advance(self, tok: torch.Tensor) -> None:
+        """Move every active row along its token (R,), as chosen under the last :meth:`next` mask."""
+        t, active = self.t, self.active
+        self.steps += 1
+        if t.atomic:
+            if self._every_row:  # the sampler: each row lists one item per step (no indexing by row)
+                self.items[:, self.steps - 1] = t.tok_item[tok]
+                self.neg[self.rows, tok] = -1.0
+                self.n_done += 1
+                return
+            r = self.rows[active]
+            self.items[r, self.n_done[r]] = t.tok_item[tok[r]]
+            self.neg[r, tok[r]] = -1.0
+            self.n_done += active
+            return
+        er, e = self._edges
+        match = t.trie.child_token[e] == tok[er]
+        child = torch.zeros_like(self.node)
+        child[er[match]] = t.trie.child_node[e[match]]
+        node = torch.where(active, child, self.node)
+        leaf = active & (t.trie.leaf_item[node] >= 0)
+        if leaf.any():
+            lr = self.rows[leaf]
+            item_ix = t.trie.leaf_item[node[lr]]
+            self.items[lr, self.n_done[lr]] = item_ix
+            path = t.trie.paths[item_ix]  # (M, L)
+            valid = path >= 0
+            self.remaining.index_put_((lr[:, None].expand_as(path)[valid], path[valid]),
+                                      torch.tensor(-1, dtype=torch.int32, device=node.device), accumulate=True)
+            self.n_done = self.n_done + leaf.long()
+            node = torch.where(leaf, torch.zeros_like(node), node)
+        self.node = node
+
+    @property
+    def finished(self) -> bool:
+        """Every row has its k items (atomic: k steps taken, without a device sync)."""
+        return self.steps >= self.k if self.t.atomic else not bool((self.n_done < self.k).any())
 
 
 class ListSampler:
@@ -60,17 +173,7 @@ class ListSampler:
         if not 1 <= k <= n_items:
             raise ValueError(f"list length k={k} must be between 1 and the catalogue size {n_items}")
         self.policy, self.k, self.temperature, self.top_p, self.batch_size = policy, k, temperature, top_p, batch_size
-        dev = policy.device
-        self.trie = policy.codec.trie.to(dev)
-        self.item_ids = torch.tensor(policy.codec.item_ids, dtype=torch.long, device=dev)
-        self.vocab = policy.model.get_output_embeddings().weight.shape[0]
-        self.atomic = self.trie.depth == 1
-        root_edges = slice(int(self.trie.ptr[0]), int(self.trie.ptr[1]))
-        self.root_allowed = torch.zeros(self.vocab, dtype=torch.bool, device=dev)
-        self.root_allowed[self.trie.child_token[root_edges]] = True
-        if self.atomic:  # token → item index (-1 for tokens that are no item)
-            self.tok_item = torch.full((self.vocab,), -1, dtype=torch.long, device=dev)
-            self.tok_item[self.trie.child_token[root_edges]] = self.trie.leaf_item[self.trie.child_node[root_edges]]
+        self.tables = TrieTables(policy)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], greedy: bool = False, generator: torch.Generator | None = None) -> Lists:
@@ -90,80 +193,83 @@ class ListSampler:
                      cat("logp", 0.0), cat("sample_logp", 0.0), invalid)
 
     def _generate(self, prompts: list[list[int]], greedy: bool, generator) -> Lists:
-        model, trie, dev, K = self.policy.model, self.trie, self.policy.device, self.k
-        pad, V = self.policy.codec.pad_id, self.vocab
+        model, tables, dev, K = self.policy.model, self.tables, self.policy.device, self.k
+        pad, V = tables.pad, tables.vocab
         R, P = len(prompts), max(map(len, prompts))
         lens = torch.tensor([len(p) for p in prompts])
         real = torch.arange(P) >= (P - lens)[:, None]  # left padding: every row's next token sits at column P
         ids = torch.full((R, P), pad, dtype=torch.long)
         ids[real] = torch.tensor([t for p in prompts for t in p], dtype=torch.long)
         ids, attn = ids.to(dev), real.long().to(dev)
-        S = K * trie.depth  # most steps a list can take
+        S = K * tables.trie.depth  # most steps a list can take
         lm = (_LeanLM if self.lean and _LeanLM.supports(model) else _HFLM)(model, ids, attn, S)
         logits = lm.prefill()  # (R, V) float32
         choose = _Chooser(R, V, dev, greedy, self.temperature, self.top_p, generator)
+        lists = ListMask(tables, R, K)
 
-        rows = torch.arange(R, device=dev)
-        node = torch.zeros(R, dtype=torch.long, device=dev)
-        n_done = torch.zeros(R, dtype=torch.long, device=dev)
-        items = torch.full((R, K), -1, dtype=torch.long, device=dev)
         out_tok = torch.full((R, S), pad, dtype=torch.long, device=dev)
         out_mask = torch.zeros((R, S), dtype=torch.bool, device=dev)
         out_logp = torch.zeros((R, S), dtype=torch.float32, device=dev)
         out_slogp = torch.zeros((R, S), dtype=torch.float32, device=dev)
-        if self.atomic:  # every row lists one item per step: all rows stay active for exactly K steps
-            neg = (self.root_allowed.float() - 1.0).expand(R, V).clone()
-            active = torch.ones(R, dtype=torch.bool, device=dev)
-        else:
-            remaining = trie.count.to(torch.int32).expand(R, -1).clone()  # (R, N)
-            neg = torch.empty((R, V), device=dev)
         steps = 0
         for step in range(S):
             # ---- validity mask (R, V) ---------------------------------------------------
-            if not self.atomic:
-                active = n_done < K
-                er, e = trie.edges(node)
-                ok = (remaining[er, trie.child_node[e]] > 0) & active[er]
-                neg.fill_(-1.0)
-                neg[er[ok], trie.child_token[e[ok]]] = 0.0
-                neg[~active, pad] = 0.0  # finished rows emit padding
+            neg = lists.next()
+            active = lists.active
             # ---- choose -----------------------------------------------------------------
             tok, logp, slogp = choose(logits, neg)
             out_tok[:, step] = tok
             out_mask[:, step] = active
-            out_logp[:, step] = logp if self.atomic else logp.masked_fill(~active, 0.0)  # 0 on padding, as token_logprobs
-            out_slogp[:, step] = slogp if self.atomic else slogp.masked_fill(~active, 0.0)
+            out_logp[:, step] = logp if tables.atomic else logp.masked_fill(~active, 0.0)  # 0 on padding, as token_logprobs
+            out_slogp[:, step] = slogp if tables.atomic else slogp.masked_fill(~active, 0.0)
             steps = step + 1
             # ---- advance the trie ---------------------------------------------------------
-            if self.atomic:
-                items[:, step] = self.tok_item[tok]
-                neg[rows, tok] = -1.0
-                if step + 1 == K:
-                    break
-            else:
-                match = trie.child_token[e] == tok[er]
-                child = torch.zeros_like(node)
-                child[er[match]] = trie.child_node[e[match]]
-                node = torch.where(active, child, node)
-                leaf = active & (trie.leaf_item[node] >= 0)
-                if leaf.any():
-                    lr = rows[leaf]
-                    item_ix = trie.leaf_item[node[lr]]
-                    items[lr, n_done[lr]] = item_ix
-                    path = trie.paths[item_ix]  # (M, L)
-                    valid = path >= 0
-                    remaining.index_put_((lr[:, None].expand_as(path)[valid], path[valid]),
-                                         torch.tensor(-1, dtype=torch.int32, device=dev), accumulate=True)
-                    n_done = n_done + leaf.long()
-                    node = torch.where(leaf, torch.zeros_like(node), node)
-                if not (n_done < K).any():
-                    break
+            lists.advance(tok)
+            if lists.finished:
+                break
             # ---- one cached forward step --------------------------------------------------
-            logits = lm.step(tok if self.atomic else torch.where(active, tok, pad), active)
+            logits = lm.step(tok if tables.atomic else torch.where(active, tok, pad), active)
 
-        item_ids = torch.where(items >= 0, self.item_ids[items.clamp(min=0)], items)
+        items = lists.items
+        item_ids = torch.where(items >= 0, tables.item_ids[items.clamp(min=0)], items)
         out = [t[:, :steps].contiguous().cpu() for t in (out_tok, out_mask, out_logp, out_slogp)]
-        return Lists(item_ids.cpu(), *out, invalid_rate(item_ids.cpu(), self.item_ids.cpu()))
+        return Lists(item_ids.cpu(), *out, invalid_rate(item_ids.cpu(), tables.item_ids.cpu(), per_row=False))
+
+
+# ---- scoring given lists -----------------------------------------------------------------------
+_REPLAY_ROWS = 512  # rows per replay chunk: bounds the (rows, trie nodes) item counts of multi-token codes
+
+
+def mask_list_logits_(policy: Policy, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
+    """Add the sampler's validity mask to teacher-forced logits, in place: afterwards
+    ``log_softmax(logits)[target]`` is each token's constrained log-prob (docs/method.md (3.9)) —
+    the softmax renormalised over the tokens :class:`ListMask` allows at that position, exactly as
+    when the list is sampled. Positions after a row's end allow only padding (log-prob 0 there).
+
+    logits (R, T, V) float32, position t predicting ``target[:, t]``; target (R, T) token ids;
+    mask (R, T) bool, True on real tokens (a prefix of each row). Masked entries become
+    ``x - 1e30``: finite, zero probability, zero gradient. Raises ValueError naming the row and
+    position where a list is not a valid list (a token off the trie, or a repeated item)."""
+    tables = TrieTables(policy)
+    R, T, V = logits.shape
+    if V != tables.vocab:
+        raise ValueError(f"logits have {V} columns but the policy's LM head has {tables.vocab}")
+    target, mask = target.to(logits.device), mask.to(logits.device)
+    bad = torch.zeros(R, T, dtype=torch.bool, device=logits.device)
+    for r0 in range(0, R, _REPLAY_ROWS):
+        rows = slice(r0, min(r0 + _REPLAY_ROWS, R))
+        lists = ListMask(tables, rows.stop - r0, T)
+        for t in range(T):
+            neg = lists.next(mask[rows, t])
+            tok = target[rows, t]
+            bad[rows, t] = (neg.gather(1, tok[:, None]).squeeze(1) < 0) & mask[rows, t]
+            logits[rows, t].add_(neg, alpha=_BIG)
+            lists.advance(tok)
+    if bool(bad.any()):
+        r, t = (int(x) for x in bad.nonzero()[0])
+        tok = int(target[r, t])
+        raise ValueError(f"list {r}: token {tok} at position {t} is not allowed there — the continuation is not a "
+                         "list of distinct catalogue items in the codec's codes (policy.codec.list_tokens(items))")
 
 
 # ---- choosing a token ------------------------------------------------------------------------------
@@ -174,12 +280,13 @@ class _Chooser:
     """One token per row from (R, V) logits and the validity mask ``neg`` (R, V): 0 where allowed,
     -1 where not (masked scores are ``logits + 1e30·neg``; masked probabilities ``e·(1 + neg)``).
 
-    Returns (token, the model's own log-prob of it (temperature 1, no mask), its log-prob under the
-    distribution it was drawn from: masked, tempered, nucleus-truncated). One exponentiation of the
-    logits serves both log-sum-exps (raw, and masked by multiplying with the mask) and, at
-    temperature 1, the sampling weights; rows whose allowed mass underflows next to the row's
-    overall maximum (allowed logits all more than 60 below it) are redone exactly. Work buffers are
-    allocated once per batch; the logits are overwritten."""
+    Returns (token, its constrained log-prob at temperature 1 without top-p — the policy being
+    trained —, its log-prob under the distribution it was drawn from: constrained, tempered,
+    nucleus-truncated). One exponentiation of the logits, multiplied by the mask, gives the allowed
+    mass (the constrained log-sum-exp) and, at temperature 1, the sampling weights themselves;
+    rows whose allowed mass underflows next to the row's overall maximum (allowed logits all more
+    than ~60 below it) are redone against their allowed maximum. Work buffers are allocated once
+    per batch; the logits are overwritten."""
 
     def __init__(self, R: int, V: int, device, greedy: bool, temperature: float, top_p: float, generator):
         self.greedy, self.temperature, self.top_p, self.generator = greedy, temperature, top_p, generator
@@ -198,27 +305,37 @@ class _Chooser:
     def __call__(self, logits: torch.Tensor, neg: torch.Tensor):
         e = self.e[:, :self.V]
         m = logits.amax(-1)
-        lse_raw = m + torch.sub(logits, m[:, None], out=e).exp_().sum(-1).log()
+        torch.sub(logits, m[:, None], out=e).exp_()
+        e.addcmul_(e, neg)  # e·(1 + neg): the allowed tokens' weights relative to the row maximum
+        if self.tempered is None and not self.greedy:  # temperature 1: the weights are the sampling weights
+            mass = self._nucleus if self.top_p < 1.0 else self._inverse_cdf
+            tok, log_total, log_kept = mass(logits, neg, m)  # rescued rows get their allowed maximum as base m
+            raw = logits.gather(1, tok[:, None]).squeeze(1) - m
+            return tok, raw - log_total, raw - log_kept
+        lse = self._allowed_lse(e.sum(-1), logits, neg, m)  # constrained log-sum-exp at temperature 1
         if self.greedy:
-            scores = logits.add_(neg, alpha=_BIG)  # allowed entries keep their raw logit exactly (x + 0)
-            best, tok = scores.max(-1)  # the first maximum, as argmax
-            lse = m + e.addcmul_(e, neg).sum(-1).log()
-            low = best - m < -60.0
-            if bool(low.any()):
-                r = low.nonzero().squeeze(1)
-                lse[r] = best[r] + (scores[r] - best[r, None]).exp().sum(-1).log()
-            return tok, best - lse_raw, best - lse
-        if self.tempered is None:  # temperature 1: the sampling weights are e·(1 + neg), relative to m
-            t, base = logits, m
-            e.addcmul_(e, neg)
-        else:
-            t = torch.add(logits, neg, alpha=_BIG, out=self.tempered).div_(self.temperature)
-            base = t.amax(-1)
-            torch.sub(t, base[:, None], out=e).exp_()
-        mass = (self._nucleus if self.top_p < 1.0 else self._inverse_cdf)
-        tok, log_mass = mass(logits, neg, base)
+            best, tok = logits.add_(neg, alpha=_BIG).max(-1)  # the first maximum of the masked scores, as argmax
+            return tok, best - lse, best - lse  # allowed entries keep their raw logit exactly (x + 0)
+        t = torch.add(logits, neg, alpha=_BIG, out=self.tempered).div_(self.temperature)
+        base = t.amax(-1)
+        torch.sub(t, base[:, None], out=e).exp_()
+        mass = self._nucleus if self.top_p < 1.0 else self._inverse_cdf
+        tok, _, log_kept = mass(logits, neg, base)
         raw = logits.gather(1, tok[:, None]).squeeze(1)
-        return tok, raw - lse_raw, t.gather(1, tok[:, None]).squeeze(1) - base - log_mass
+        return tok, raw - lse, t.gather(1, tok[:, None]).squeeze(1) - base - log_kept
+
+    @staticmethod
+    def _allowed_lse(total: torch.Tensor, logits: torch.Tensor, neg: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """log Σ_allowed exp(logits) from ``total`` = Σ_allowed exp(logits - m); rows where it
+        underflowed are recomputed against their allowed maximum."""
+        lse = m + total.log()
+        low = total < 1e-26
+        if bool(low.any()):
+            r = low.nonzero().squeeze(1)
+            s = logits[r] + _BIG * neg[r]
+            best = s.amax(-1)
+            lse[r] = best + (s - best[:, None]).exp().sum(-1).log()
+        return lse
 
     def _rescue(self, total: torch.Tensor, logits: torch.Tensor, neg: torch.Tensor, base: torch.Tensor):
         """Rows whose weights underflowed (temperature 1 only): redo them relative to their allowed max."""
@@ -233,7 +350,8 @@ class _Chooser:
 
     def _inverse_cdf(self, logits, neg, base):
         """Draw from the weights in ``e``: a block by its mass, then a token inside it. Only tokens
-        with positive weight can be drawn (also under rounding)."""
+        with positive weight can be drawn (also under rounding). Returns (token, log total mass,
+        log drawn-from mass), both relative to ``base`` (the same here)."""
         blocks = self.e.view(self.R, self.nb, self.B)
         bs = blocks.sum(-1)  # (R, nb)
         r = self._rescue(bs.sum(-1), logits, neg, base)
@@ -247,12 +365,14 @@ class _Chooser:
         inner = cw[:, -1:]
         j = torch.searchsorted(cw, self._rand()[:, None] * inner, right=True)
         j = torch.minimum(j, (cw < inner).sum(-1, keepdim=True)).squeeze(1)
-        return b * self.B + j, total.squeeze(1).log().float()
+        log_total = total.squeeze(1).log().float()
+        return b * self.B + j, log_total, log_total
 
     def _nucleus(self, logits, neg, base):
         """Top-p: keep the most likely tokens while the mass before them is at most ``top_p`` of the
         total (the first always), then draw from those. Sorts only the top ``k`` of each row,
-        widening ``k`` until every row's nucleus ends inside it."""
+        widening ``k`` until every row's nucleus ends inside it. Returns (token, log total mass,
+        log nucleus mass), relative to ``base``."""
         p = self.e[:, :self.V]
         total = p.sum(-1, dtype=torch.float64)
         if self._rescue(total, logits, neg, base) is not None:
@@ -269,7 +389,7 @@ class _Chooser:
         kept = cum.gather(1, n_keep - 1)
         j = torch.searchsorted(cum, self._rand()[:, None] * kept, right=True)
         j = torch.minimum(j, n_keep - 1)
-        return idx.gather(1, j).squeeze(1), kept.squeeze(1).log().float()
+        return idx.gather(1, j).squeeze(1), total.log().float(), kept.squeeze(1).log().float()
 
 
 # ---- running the model ---------------------------------------------------------------------------
@@ -427,14 +547,3 @@ class _LeanLM:
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         self.L = L + 1
         return self.head(self._norm(self.body.norm, x)).float()
-
-
-def invalid_rate(items: torch.Tensor, catalogue: torch.Tensor) -> float:
-    """Share of (R, K) slots that are missing (-1), outside the catalogue, or repeat an earlier slot."""
-    if items.numel() == 0:
-        return 0.0
-    bad = ~torch.isin(items, catalogue)
-    sorted_items, _ = items.sort(dim=1)
-    dup = torch.zeros_like(bad)
-    dup[:, 1:] = (sorted_items[:, 1:] == sorted_items[:, :-1]) & torch.isin(sorted_items[:, 1:], catalogue)  # count each bad slot once
-    return float((bad.sum() + dup.sum()).item()) / items.numel()

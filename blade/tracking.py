@@ -221,12 +221,15 @@ class Tracker:
 
 @contextmanager
 def track(stage: str, dataset: str, method: str, seed: int, config: Mapping[str, Any],
-          run_dir: str | Path | None = None) -> Iterator[Tracker]:
-    """Open the MLflow run ``{dataset}__{method}__seed{seed}__{stage}``; see the module docstring."""
+          run_dir: str | Path | None = None, reward: str | None = None) -> Iterator[Tracker]:
+    """Open the MLflow run ``{dataset}__{reward}__{method}__seed{seed}__{stage}`` (no ``{reward}``
+    part for runs trained under no reward setting); see the module docstring."""
     meta = run_metadata(config)
-    run_name = f"{dataset}__{method}__seed{seed}__{stage}"
+    run_name = "__".join([dataset, *([reward] if reward else []), method, f"seed{seed}", stage])
     tags = {"dataset": dataset, "method": method, "seed": str(seed), "stage": stage,
             "config_hash": meta["config_hash"], "git_commit": meta["git_commit"]}
+    if reward:
+        tags["reward"] = reward
     if meta["git_dirty"]:
         tags["dirty"] = "true"
     tracker = Tracker()

@@ -4,14 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blade.align.loop import AlignConfig, align
-from blade.align.rollout import RolloutConfig, context_rows, reference_rollouts
+from blade.align.config import AlignConfig, RolloutConfig
+from blade.align.loop import align
+from blade.align.rollout import context_rows, reference_rollouts
 from blade.data.canonical import load_prepared
 from blade.errors import ConfigError
-from blade.model.policy import PolicyConfig
+from blade.experiment import EvalConfig, resolve
+from blade.model.config import PolicyConfig
 from blade.rewards import ListReward, RewardConfig
-from blade.train.sft import SFTConfig, train_sft
-from blade.workflow_config import check_config
+from blade.train.config import SFTConfig
+from blade.train.sft import train_sft
 from tests.helpers import tiny_dataset
 
 SMALL_POLICY = PolicyConfig(hidden=32, heads=2, kv_heads=1, intermediate=64)
@@ -73,20 +75,32 @@ def rollouts(sft_run, tmp_path_factory):
     return path
 
 
-def _align(sft_run, rollouts, out, steps, method=None, **kw):
+def _align(sft_run, rollouts, out, steps, method=None, reward=None, **kw):
     data, sft = sft_run
-    cfg = AlignConfig(steps=steps, contexts_per_step=6, group_size=4, k=10, eval_every=2, valid_rows=60, lr=1e-3, **kw)
-    return align(data, sft, rollouts, out, method or {"objective": "blade"}, cfg, REWARD, seed=0)
+    kw = {"select_metric": "ndcg@10", "grad_norm_every": 1, **kw}
+    cfg = AlignConfig(steps=steps, contexts_per_step=6, group_size=4, k=10, eval_every=2, lr=1e-3, **kw)
+    return align(data, sft, rollouts, out, method or {"objective": "blade"}, cfg, reward or REWARD, seed=0,
+                 evaluation=EvalConfig(selection_rows=60))
 
 
 def test_alignment_logs_diagnostics_every_step_and_selects_on_valid(sft_run, rollouts, tmp_path):
     summary = _align(sft_run, rollouts, tmp_path / "run", steps=4)
     diag = pd.read_parquet(tmp_path / "run" / "diagnostics.parquet")
     assert diag["step"].tolist() == [1, 2, 3, 4]
-    for col in ("loss", "grad_norm", "weight_spread", "ess", "saturated_frac", "signal_std", "kl", "reward_mean",
-                "reward_max", "reward/ndcg", "reward/fairness", "seconds/rollout", "seconds/score", "seconds/forward",
+    for col in ("loss", "loss_align", "loss_penalty", "grad_norm", "grad_norm_align", "weight_spread", "ess",
+                "saturated_frac", "signal_std", "kl", "reward_mean", "reward_max", "reward_bon_group", "logp_drift",
+                "reward/ndcg", "reward/fairness", "seconds/rollout", "seconds/score", "seconds/forward",
                 "seconds/objective", "seconds/backward", "seconds/optimizer"):
         assert col in diag and np.isfinite(diag[col]).all(), col
+    # the training forward scores the sampled lists under the distribution they were drawn from
+    assert (diag["logp_drift"] < 1e-4).all(), diag["logp_drift"]
+    assert ((diag["reward_mean"] <= diag["reward_bon_group"] + 1e-12)
+            & (diag["reward_bon_group"] <= diag["reward_max"] + 1e-12)).all()
+    np.testing.assert_allclose(diag["loss"], diag["loss_align"] + diag["loss_penalty"], rtol=1e-6)
+    # step 1: π_θ = π_ref, where the k3 penalty has zero gradient — the total norm is the alignment term's;
+    # later the penalty pulls too, and the two differ
+    assert diag["grad_norm"].iloc[0] == pytest.approx(diag["grad_norm_align"].iloc[0], rel=1e-4)
+    assert (diag["grad_norm"].iloc[1:] != diag["grad_norm_align"].iloc[1:]).all()
     assert ((diag["ess"] >= 1 - 1e-9) & (diag["ess"] <= 4 + 1e-9)).all()  # 1 ≤ ESS ≤ G
     assert (diag["kl"].iloc[1:] > 0).all() and diag["kl"].iloc[0] == pytest.approx(0, abs=1e-6)  # step 1: π_θ = π_ref
     assert (diag["invalid_rate"] == 0).all()
@@ -95,6 +109,12 @@ def test_alignment_logs_diagnostics_every_step_and_selects_on_valid(sft_run, rol
     assert summary["valid/ndcg@10"] == pytest.approx(curve["valid/ndcg@10"].max())
     assert summary["best_step"] == int(curve["step"][curve["valid/ndcg@10"].idxmax()])
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    # a snapshot of the policy at every evaluation step, the selected one equal to best/
+    snaps = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert snaps == ["step000000", "step000002", "step000004"]
+    snap = tmp_path / "run" / "snapshots"
+    assert _same_weights(snap / f"step{summary['best_step']:06d}", tmp_path / "run" / "best")
+    assert not _same_weights(snap / "step000002", snap / "step000004")
 
 
 def test_killed_alignment_resumes_to_the_same_result(sft_run, rollouts, tmp_path):
@@ -105,6 +125,16 @@ def test_killed_alignment_resumes_to_the_same_result(sft_run, rollouts, tmp_path
     da = pd.read_parquet(tmp_path / "a" / "diagnostics.parquet").filter(regex="^(?!seconds)")
     db = pd.read_parquet(tmp_path / "b" / "diagnostics.parquet").filter(regex="^(?!seconds)")
     pd.testing.assert_frame_equal(da, db[da.columns], rtol=1e-5)
+    for step in ("step000002", "step000004"):  # snapshots written before the "kill" and after the resume
+        assert _same_weights(tmp_path / "a" / "snapshots" / step, tmp_path / "b" / "snapshots" / step)
+
+
+def _same_weights(a, b) -> bool:
+    """Two saved policies hold the same tensors (to float rounding: resumed runs agree to ~1e-6)."""
+    from safetensors.numpy import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return wa.keys() == wb.keys() and all(np.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-7) for k in wa)
 
 
 def test_static_estimator_runs_in_the_same_loop(sft_run, rollouts, tmp_path):
@@ -117,7 +147,7 @@ def test_list_length_must_match_the_rollouts(sft_run, rollouts, tmp_path):
     data, sft = sft_run
     with pytest.raises(ConfigError, match="rollout.k = align.k"):
         align(data, sft, rollouts, tmp_path / "x", {"objective": "blade"}, AlignConfig(k=5, select_metric="ndcg@5"),
-              REWARD, seed=0)
+              REWARD, seed=0, evaluation=EvalConfig(selection_rows=60))
 
 
 @pytest.mark.parametrize("patch, message", [
@@ -126,12 +156,72 @@ def test_list_length_must_match_the_rollouts(sft_run, rollouts, tmp_path):
     ({"methods": {"blade": {"objective": "blade", "kapa0": 2}}}, "methods.blade.kapa0: unknown option — did you mean 'kappa0'"),
     ({"methods": {"blade": {"objective": "dpo_typo"}}}, "unknown method 'dpo_typo'"),
     ({"align": {"group_size": 1}}, "group_size must be >= 2"),
-    ({"reward": {"weights": {"ndgc": 1.0}}}, "ndgc"),
+    ({"rewards": {"ndcg": {"weights": {"ndgc": 1.0}}}}, "rewards.ndcg: weights.ndgc: unknown reward"),
+    ({"run": {"datasets": ["s"], "rewards": ["fair"]}}, "run.rewards names 'fair'"),
+    ({"align": {"temperature": 0}}, "align: temperature must be a finite number > 0"),
+    ({"rollout": {"temperature": 0.0}}, "rollout: temperature must be a finite number > 0"),
+    ({"align": {"select_metric": "ndcg@20"}}, "select_metric must be 'reward', recall@N or ndcg@N"),
+    ({"rewards": {"none": {"weights": {"ndcg": 1.0}}}}, "rewards.none: reserved"),
 ])
-def test_workflow_config_checks_alignment_sections(patch, message):
+def test_experiment_config_checks_alignment_sections(patch, message):
     config = {"run": {"datasets": ["s"], "methods": ["blade"]},
               "datasets": {"s": {"source": "synthetic"}},
               "methods": {"blade": {"objective": "blade"}}}
     config.update(patch)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        check_config(config)
+        resolve(config)
+
+
+def test_resolved_config_fills_every_default_once():
+    exp = resolve({"run": {"datasets": ["s"], "methods": ["b"]}, "datasets": {"s": {"source": "synthetic"}},
+                   "methods": {"b": {"objective": "blade", "estimator": "static"}}})
+    assert exp.methods["b"] == {"objective": "blade", **{**exp.methods["b"], "estimator": "static"}}
+    assert exp.methods["b"]["kappa0"] == 4.0 and exp.align.steps == AlignConfig().steps
+    assert exp.evaluate.ks == EvalConfig().ks and exp.rewards["ndcg"].weights == {"ndcg": 1.0}
+
+
+def test_alignment_refuses_rollouts_of_another_reward_setting(sft_run, rollouts, tmp_path):
+    other = RewardConfig(weights={"ndcg": 1.0, "diversity": 0.5})
+    with pytest.raises(ConfigError, match="scored with reward .*fairness.* but this run's reward setting is .*diversity"):
+        _align(sft_run, rollouts, tmp_path / "x", steps=1, reward=other)
+
+
+def test_selection_reads_the_reward_setting_on_valid(sft_run, rollouts, tmp_path):
+    summary = _align(sft_run, rollouts, tmp_path / "r", steps=2, select_metric="reward")
+    curve = pd.read_parquet(tmp_path / "r" / "valid_curve.parquet")
+    # the valid reward is the setting's weighted sum of its parts, with NDCG@10 logged beside it
+    np.testing.assert_allclose(curve["valid/reward"], curve["valid/reward/ndcg"] + 0.5 * curve["valid/reward/fairness"],
+                               rtol=1e-9)
+    assert "valid/ndcg@10" in curve and summary["valid/reward"] == pytest.approx(curve["valid/reward"].max())
+    assert summary["best_step"] == int(curve["step"][curve["valid/reward"].idxmax()])
+
+
+METHODS = {"dpo": {"objective": "dpo"}, "sdpo": {"objective": "sdpo"}, "bonbon": {"objective": "bonbon"},
+           "grpo": {"objective": "grpo"}, "vbon": {"objective": "vbon"}, "bond": {"objective": "bond", "anchor_samples": 4},
+           "blade_nig_backward": {"objective": "blade", "estimator": "nig", "loss": "backward"}}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_in_the_one_loop_and_resumes_exactly(sft_run, rollouts, tmp_path, name):
+    """Each baseline runs through the same loop (offline ones on the stored rollouts, BOND with its
+    EMA anchor), logs finite diagnostics and the alignment-term gradient norm, and a run killed
+    after its step-2 checkpoint resumes to the uninterrupted result (anchor included)."""
+    method = METHODS[name]
+    straight = _align(sft_run, rollouts, tmp_path / "a", steps=4, method=method)
+    diag = pd.read_parquet(tmp_path / "a" / "diagnostics.parquet")
+    for col in ("loss", "loss_align", "grad_norm", "grad_norm_align", "reward_mean"):
+        assert col in diag and np.isfinite(diag[col]).all(), (name, col)
+    assert (diag["grad_norm_align"] > 0).any(), name  # the alignment term moves the policy
+    _align(sft_run, rollouts, tmp_path / "b", steps=2, method=method)
+    assert _align(sft_run, rollouts, tmp_path / "b", steps=4, method=method) == straight
+    resumed = pd.read_parquet(tmp_path / "b" / "diagnostics.parquet").filter(regex="^(?!seconds)")
+    pd.testing.assert_frame_equal(diag.filter(regex="^(?!seconds)"), resumed[diag.filter(regex="^(?!seconds)").columns],
+                                  rtol=1e-5)
+
+
+def test_alignment_gradient_norm_is_measured_every_n_steps(sft_run, rollouts, tmp_path):
+    _align(sft_run, rollouts, tmp_path / "g", steps=4, grad_norm_every=2)
+    diag = pd.read_parquet(tmp_path / "g" / "diagnostics.parquet")
+    measured = diag["grad_norm_align"].notna().tolist()
+    assert measured == [True, True, False, True]  # step 1, then every 2nd step
+    assert np.isfinite(diag["grad_norm"]).all()

@@ -1,4 +1,4 @@
-"""Property tests of the BoN target estimators (METHOD.md §2–§3): the two failures of the static
+"""Property tests of the BoN target estimators (docs/method.md (2.2), (3.1), (3.2)): the two failures of the static
 estimator and how ``nig``/``dp`` avoid them, the conjugate algebra of ``nig`` against independent
 computations, the empirical CDF by hand, finiteness, and the evidence buffer."""
 
@@ -24,6 +24,11 @@ from blade.align.objective import bon_weights
 from blade.errors import DataError
 
 ESTIMATOR_NAMES = ["static", "nig", "dp"]
+
+
+def _est(name: str, kappa0: float = 4.0, var_floor: float = 1e-4):
+    """The estimator with the test's prior strength (the library has no defaults: BladeConfig owns them)."""
+    return make_estimator(name, kappa0, var_floor)
 
 
 def prior_from(ref: np.ndarray | list[list[float]], n_rows: int | None = None) -> RefPrior:
@@ -52,12 +57,12 @@ def test_above_reference_max_static_is_flat_nig_and_dp_rank():
     # every current reward beats everything the reference produced, all distinct
     r = ref.max(1, keepdims=True) + 0.05 + np.sort(rng.uniform(0.0, 0.8, size=(B, G)), axis=1)
     rng.permuted(r, axis=1, out=r)  # the order must come from the rewards, not the position
-    w_static = bon_weights(make_estimator("static", 4.0)(r, prior, rows), N)
+    w_static = bon_weights(_est("static", 4.0)(r, prior, rows), N)
     assert np.allclose(spread(w_static), 0.0, atol=1e-15), (
         f"static: every candidate above the reference max has F̂ = 1, so weights must be uniform; "
         f"spread per context {spread(w_static)}")
     for name in ("nig", "dp"):
-        w = bon_weights(make_estimator(name, 4.0)(r, prior, rows), N)
+        w = bon_weights(_est(name, 4.0)(r, prior, rows), N)
         order = np.argsort(r, axis=1)
         w_sorted = np.take_along_axis(w, order, axis=1)
         steps = np.diff(w_sorted, axis=1)
@@ -81,7 +86,7 @@ def spread_table(n_contexts: int = 2000, seed: int = 0) -> dict[str, list[float]
     rows = np.arange(n_contexts)
     table = {}
     for name in ESTIMATOR_NAMES:
-        est = make_estimator(name, kappa0=4.0)
+        est = _est(name, kappa0=4.0)
         table[name] = [float(spread(bon_weights(est(noise + d, prior, rows), N)).mean()) for d in DRIFTS]
     return table
 
@@ -120,7 +125,7 @@ def _random_case(rng, B=5, G=6, E=4):
 
 
 def _hand_nig(m0, s0_sq, vals, w, kappa0):
-    """The conjugate update of METHOD.md §3 written out with plain Python floats."""
+    """The conjugate update of docs/method.md (3.1) written out with plain Python floats."""
     n = sum(w)
     rbar = sum(wi * x for wi, x in zip(w, vals)) / n
     ss = sum(wi * (x - rbar) ** 2 for wi, x in zip(w, vals))
@@ -139,7 +144,7 @@ def test_nig_posterior_matches_closed_form_and_scipy_t():
     prior = prior_from(ref)
     rows = np.arange(len(ref))
     kappa0 = 3.0
-    log_f = make_estimator("nig", kappa0)(r, prior, rows, ev, ev_w)
+    log_f = _est("nig", kappa0)(r, prior, rows, ev, ev_w)
     vals, w = np.concatenate([r, ev], 1), np.concatenate([np.ones_like(r), ev_w], 1)
     m0, s0 = prior.moments(rows)
     post = nig_posterior(m0, s0, vals, w, kappa0, 1e-4)
@@ -163,7 +168,7 @@ def test_nig_predictive_matches_numerical_posterior_integration():
     r = np.array([[0.9, 1.4, 0.2, 1.1, 2.0]])
     ev, ev_w = np.array([[0.5, -0.3, 1.7]]), np.array([[0.5, 0.25, 0.9]])
     kappa0 = 4.0
-    log_f = make_estimator("nig", kappa0)(r, prior, np.array([0]), ev, ev_w)[0]
+    log_f = _est("nig", kappa0)(r, prior, np.array([0]), ev, ev_w)[0]
     m0, s0_sq = float(np.mean(ref[0])), float(np.var(ref[0], ddof=1))
     a0, b0 = kappa0 / 2 + 1, (kappa0 / 2) * s0_sq
     vals, w = np.concatenate([r[0], ev[0]]), np.concatenate([np.ones(5), ev_w[0]])
@@ -198,7 +203,7 @@ def test_nig_large_kappa0_is_the_prior_predictive(kappa0):
     ref, r, ev, ev_w = _random_case(rng)
     prior = prior_from(ref)
     rows = np.arange(len(ref))
-    log_f = make_estimator("nig", kappa0)(r, prior, rows, ev, ev_w)
+    log_f = _est("nig", kappa0)(r, prior, rows, ev, ev_w)
     m0, s0_sq = prior.moments(rows)
     # the prior predictive t(2α0, m0, sqrt(β0(κ0+1)/(α0κ0))) tends to N(m0, s0²) as κ0 → ∞
     want = stats.norm.logcdf(r, m0[:, None], np.sqrt(s0_sq)[:, None])
@@ -211,7 +216,7 @@ def test_nig_zero_kappa0_is_evidence_only():
     rng = np.random.default_rng(5)
     ref, r, ev, ev_w = _random_case(rng)
     prior = prior_from(ref)
-    log_f = make_estimator("nig", 0.0)(r, prior, np.arange(len(ref)), ev, ev_w)
+    log_f = _est("nig", 0.0)(r, prior, np.arange(len(ref)), ev, ev_w)
     for b in range(len(ref)):
         vals = np.concatenate([r[b], ev[b]])
         w = np.concatenate([np.ones(r.shape[1]), ev_w[b]])
@@ -234,7 +239,7 @@ def test_reference_cdf_mid_rank_ties_by_hand():
     want = np.array([[(1 + 0 + 1) / 5, (1 + 2 + 0.5) / 5, 4 / 5, (1 + 3 + 0.5) / 5, 5 / 5, 1 / 5]])
     ref, mask = prior.rewards(np.array([0]))
     np.testing.assert_allclose(ref_cdf(t, ref, mask), want, err_msg="F̂ with mid-rank ties")
-    np.testing.assert_allclose(make_estimator("static")(t, prior, np.array([0])), np.log(want),
+    np.testing.assert_allclose(_est("static")(t, prior, np.array([0])), np.log(want),
                                err_msg="static must be log F̂")
 
 
@@ -244,7 +249,7 @@ def test_float32_rollout_rewards_tie_float64_reference_rewards():
     ndcg = 1 / math.log2(3)  # not representable in float32
     prior = prior_from([[0.0, ndcg, 1.0]])
     r = np.array([[np.float32(ndcg)]], dtype=np.float64)
-    assert make_estimator("static")(r, prior, np.array([0]))[0, 0] == pytest.approx(math.log((1 + 1 + 0.5) / 4))
+    assert _est("static")(r, prior, np.array([0]))[0, 0] == pytest.approx(math.log((1 + 1 + 0.5) / 4))
 
 
 def test_dp_zero_kappa0_is_evidence_mid_rank_cdf_and_inf_is_static():
@@ -254,18 +259,18 @@ def test_dp_zero_kappa0_is_evidence_mid_rank_cdf_and_inf_is_static():
     rows = np.arange(3)
     r = rng.integers(0, 6, size=(3, 5)) / 4
     ev, ev_w = rng.integers(0, 6, size=(3, 4)) / 4, np.array([[0.5, 0.25, 0, 0], [1, 1, 1, 0.1], [0, 0, 0, 0]])
-    got = make_estimator("dp", 0.0)(r, prior, rows, ev, ev_w)
+    got = _est("dp", 0.0)(r, prior, rows, ev, ev_w)
     for b in range(3):
         vals = list(r[b]) + list(ev[b])
         ws = [1.0] * 5 + list(ev_w[b])
         for i, t in enumerate(r[b]):
             mass = sum(w * ((v < t) + 0.5 * (v == t)) for v, w in zip(vals, ws))
             assert got[b, i] == pytest.approx(math.log(mass / sum(ws))), f"dp κ0=0, context {b}, rollout {i}"
-    np.testing.assert_allclose(make_estimator("dp", math.inf)(r, prior, rows, ev, ev_w),
-                               make_estimator("static")(r, prior, rows), err_msg="dp with κ0=∞ must equal static")
+    np.testing.assert_allclose(_est("dp", math.inf)(r, prior, rows, ev, ev_w),
+                               _est("static")(r, prior, rows), err_msg="dp with κ0=∞ must equal static")
     # the general case by hand, one context
     kappa0 = 4.0
-    got = make_estimator("dp", kappa0)(r, prior, rows, ev, ev_w)
+    got = _est("dp", kappa0)(r, prior, rows, ev, ev_w)
     refm, mask = prior.rewards(rows)
     f_ref = ref_cdf(r, refm, mask)
     vals, ws = list(r[1]) + list(ev[1]), [1.0] * 5 + list(ev_w[1])
@@ -286,7 +291,7 @@ def test_log_f_is_finite_for_any_input(name, kappa0):
         "far below": np.full((5, 8), -1e6) - np.arange(8),
         "extreme": np.tile([-1e300, -1e30, -1.0, 0.0, 1.0, 1e30, 1e300, 0.0], (5, 1)),
     }
-    est = make_estimator(name, kappa0)
+    est = _est(name, kappa0)
     for label, r in cases.items():
         for ev, ev_w in [(None, None), (np.full((5, 3), 0.0), np.array([[1.0, 0.5, 0.0]] * 5))]:
             log_f = est(r, prior, rows, ev, ev_w)
@@ -317,9 +322,9 @@ def test_prior_rejects_bad_frames_and_estimator_names():
     with pytest.raises(DataError, match="duplicate"):
         RefPrior.from_frame(pd.concat([good, good]), n_rows=2)
     with pytest.raises(ValueError, match="dp"):
-        make_estimator("bogus")
+        _est("bogus")
     with pytest.raises(ValueError, match="kappa0"):
-        make_estimator("dp", kappa0=-1.0)
+        _est("dp", kappa0=-1.0)
 
 
 # ---- evidence buffer --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Recommendation files and ``evaluate``: the public recs format, its error messages, and per-user
-Recall/NDCG checked against values worked out by hand; ``blade evaluate`` as a subprocess."""
+Recall/NDCG checked against values worked out by hand; ``blade evaluate`` as a subprocess, its
+MGU/DGU against an independent IFairLRS pooled computation, and ILD against the diversity reward."""
 
 import json
 import math
@@ -11,8 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from blade.data.canonical import load_prepared
 from blade.errors import DataError
 from blade.evaluation import evaluate, read_recs, write_recs
+from blade.metrics import build_catalogue
+from blade.rewards import ListReward, RewardConfig
 from tests.conftest import ROOT
 from tests.helpers import tiny_dataset
 
@@ -35,13 +39,13 @@ def test_write_read_round_trip(tmp_path):
     write_recs(tmp_path / "recs.jsonl", lists)
     lines = (tmp_path / "recs.jsonl").read_text().splitlines()
     assert json.loads(lines[1]) == {"row": 1, "items": [1, 5, 9, 2]}  # the public format, line per row
-    np.testing.assert_array_equal(read_recs(tmp_path / "recs.jsonl", 3), lists)
+    np.testing.assert_array_equal(read_recs(tmp_path / "recs.jsonl", 3)[0], lists)
 
 
 def test_read_accepts_any_line_order_blank_lines_and_ragged_lists(tmp_path):
     path = _write(tmp_path / "recs.jsonl", [{"row": 2, "items": [7]}, "\n", {"row": 0, "items": [4, 5, 6]},
                                             {"row": 1, "items": [], "score": "extra keys are ignored"}])
-    np.testing.assert_array_equal(read_recs(path, 3), [[4, 5, 6], [-1, -1, -1], [7, -1, -1]])
+    np.testing.assert_array_equal(read_recs(path, 3)[0], [[4, 5, 6], [-1, -1, -1], [7, -1, -1]])
 
 
 GOOD = {"row": 0, "items": [1, 2]}
@@ -163,6 +167,39 @@ def test_evaluate_an_all_unknown_file_scores_zero_without_crashing(tmp_path, dat
     assert summary["coverage@2"] == 0
 
 
+def test_sampled_recs_average_every_metric_over_the_samples(tmp_path, data):
+    """Sampled decoding (S lists per row): each per-user metric is the mean over the row's S lists,
+    and each summary number the mean over samples — checked against S separate evaluations."""
+    test = pd.read_parquet(data / "test.parquet")
+    ids = pd.read_parquet(data / "items.parquet")["item_id"].to_numpy()
+    rng = np.random.default_rng(0)
+    samples = np.stack([np.stack([rng.choice(ids, 5, replace=False) for _ in range(len(test))]) for _ in range(3)])
+    samples[1, :, 0] = test["target"].to_numpy()  # sample 1 hits every target at rank 1
+    write_recs(tmp_path / "s.jsonl", samples)
+    assert json.loads((tmp_path / "s.jsonl").read_text().splitlines()[len(test)])["sample"] == 1
+    together = evaluate(tmp_path / "s.jsonl", data, "test", tmp_path / "all", ks=(5,))
+    alone = []
+    for s in range(3):
+        write_recs(tmp_path / f"{s}.jsonl", samples[s])
+        alone.append(evaluate(tmp_path / f"{s}.jsonl", data, "test", tmp_path / f"e{s}", ks=(5,)))
+    for key in ("recall@5", "ndcg@5", "coverage@5", "mgu_pop@5", "ild@5"):
+        assert together[key] == pytest.approx(np.mean([a[key] for a in alone]), rel=1e-12), key
+    assert together["samples_per_row"] == 3 and together["recall@5"] >= 1 / 3
+    per_user = pd.read_parquet(tmp_path / "all" / "per_user.parquet")
+    singles = [pd.read_parquet(tmp_path / f"e{s}" / "per_user.parquet") for s in range(3)]
+    np.testing.assert_allclose(per_user["ndcg@5"], sum(f["ndcg@5"] for f in singles) / 3)
+
+
+def test_sampled_recs_must_cover_every_row_in_every_sample(tmp_path):
+    path = _write(tmp_path / "r.jsonl", [{"row": 0, "sample": 0, "items": [1]}, {"row": 1, "sample": 0, "items": [2]},
+                                         {"row": 0, "sample": 1, "items": [3]}])
+    with pytest.raises(DataError, match=r"1 of the 2 rows of split \(sample 1\) have no line \(rows 1\)"):
+        read_recs(path, 2)
+    bad = _write(tmp_path / "b.jsonl", [{"row": 0, "sample": -1, "items": [1]}])
+    with pytest.raises(DataError, match="\"sample\" must be a non-negative integer"):
+        read_recs(bad, 1)
+
+
 def test_evaluate_rejects_bad_cutoffs_and_split(tmp_path, data):
     recs = tmp_path / "recs.jsonl"
     write_recs(recs, np.zeros((len(pd.read_parquet(data / "test.parquet")), 5), dtype=int))
@@ -197,3 +234,119 @@ def test_cli_evaluate_bad_file_exits_2_with_one_clear_line_and_good_file_exits_0
     metrics = json.loads((tmp_path / "good_eval" / "metrics.json").read_text())
     assert metrics["invalid_rate"] == 0 and math.isfinite(metrics["ndcg@20"])
     assert (tmp_path / "good_eval" / "per_user.parquet").is_file()
+
+
+# ---------------------------------------------------------------- fairness and diversity, crafted
+# Twelve items (ids 100..111, no genres) in popularity groups 0..2 of n_groups = 4: the tail group 3
+# is empty, as it is when few items have no train interactions. Train rows give the co-occurrence.
+CRAFT_IDS = list(range(100, 112))
+CRAFT_GROUP = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+CRAFT_TRAIN = [([100], 101), ([100], 101), ([100], 102), ([101], 103), ([102], 103), ([103], 104),
+               ([105, 104], 106), ([106], 107), ([107], 100), ([101, 108], 109), ([109], 100)]
+CRAFT_TEST = [([100, 101], 103), ([104], 105), ([102, 103, 108], 100), ([110], 111)]
+CRAFT_RECS = [  # K = 10; row 3 has a repeat, an unknown id and two empty slots
+    [100, 101, 102, 103, 104, 105, 106, 107, 108, 109],
+    [100, 101, 102, 100, 999, 103, -1, 104, -1, 110],
+    [107, 108, 109, 110, 111, 100, 103, 104, 105, 106],
+    [100, 101, 103, 104, 105, 106, 107, 108, 109, 110],
+]
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory):
+    """A prepared dataset written by hand (the files `blade prepare` writes), no genres."""
+    out = tmp_path_factory.mktemp("crafted")
+    targets = pd.Series([t for _, t in CRAFT_TRAIN])
+    pd.DataFrame({"item_id": CRAFT_IDS, "title": [f"item {i}" for i in CRAFT_IDS], "genres": [None] * 12,
+                  "train_pop": [int((targets == i).sum()) for i in CRAFT_IDS], "pop_group": CRAFT_GROUP}
+                 ).to_parquet(out / "items.parquet")
+    for name, rows in {"train": CRAFT_TRAIN, "valid": CRAFT_TEST, "test": CRAFT_TEST}.items():
+        pd.DataFrame({"context_id": [f"{name}{r}" for r in range(len(rows))], "user_id": [f"u{r}" for r in range(len(rows))],
+                      "history": [h for h, _ in rows], "target": [t for _, t in rows],
+                      "timestamp": pd.array([None] * len(rows), dtype="Int64")}).to_parquet(out / f"{name}.parquet")
+    stats = {"popularity": {"n_groups": 4, "train_share": [0.5, 0.3, 0.2, 0.0], "item_share": [0.25, 0.35, 0.4, 0.0]},
+             "genres": None}
+    (out / "stats.json").write_text(json.dumps(stats))
+    return out
+
+
+def ifairlrs_pooled(lists, histories, group_of, n_groups, k):
+    """MGU@k, DGU@k as IFairLRS defines them, written from the paper and its official counting
+    (code/evaluate_all_pop.py): group counts summed over every user's top-k and every user's
+    history, each turned into shares, GU = rec share − history share, MGU = mean |GU| over all
+    groups, DGU = max GU − min GU. Slots that are not distinct catalogue items count nowhere."""
+    rec, hist = [0] * n_groups, [0] * n_groups
+    for items in lists:
+        seen = set()
+        for i in items[:k]:
+            if i in group_of and i not in seen:
+                rec[group_of[i]] += 1
+            seen.add(i)
+    for history in histories:
+        for i in history:
+            hist[group_of[i]] += 1
+    gu = [r / sum(rec) - h / sum(hist) for r, h in zip(rec, hist)]
+    return sum(abs(g) for g in gu) / n_groups, max(gu) - min(gu)
+
+
+@pytest.mark.slow
+def test_cli_evaluate_mgu_dgu_are_the_ifairlrs_pooled_numbers(tmp_path, crafted):
+    recs = _write(tmp_path / "recs.jsonl", [{"row": r, "items": items} for r, items in enumerate(CRAFT_RECS)])
+    proc = _cli_evaluate(recs, crafted, tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    per_user = pd.read_parquet(tmp_path / "eval" / "per_user.parquet")
+    group_of = dict(zip(CRAFT_IDS, CRAFT_GROUP))
+    histories = [h for h, _ in CRAFT_TEST]
+    for k in (5, 10):
+        mgu, dgu = ifairlrs_pooled(CRAFT_RECS, histories, group_of, 4, k)
+        assert metrics[f"mgu_pop@{k}"] == pytest.approx(mgu, abs=1e-12), k
+        assert metrics[f"dgu_pop@{k}"] == pytest.approx(dgu, abs=1e-12), k
+        # the per-user variant lives in per_user.parquet (and its mean beside the pooled number)
+        assert f"mgu_pop@{k}" not in per_user and f"mgu_pop_user@{k}" in per_user
+        assert metrics[f"mgu_pop_user@{k}"] == pytest.approx(per_user[f"mgu_pop_user@{k}"].mean())
+    # the two variants really differ here, so the names cannot be swapped unnoticed
+    assert abs(metrics["mgu_pop@10"] - metrics["mgu_pop_user@10"]) > 0.01
+    # the mean runs over all 4 groups: the empty tail group is counted (3 groups would differ)
+    assert metrics["mgu_pop@10"] != pytest.approx(ifairlrs_pooled(CRAFT_RECS, histories, group_of, 3, 10)[0])
+    assert not any("genre" in name for name in metrics)  # no genres in this dataset
+
+
+def test_empty_tail_group_counts_alike_in_evaluation_and_reward(crafted):
+    items, splits, stats = load_prepared(crafted)
+    assert items["pop_group"].max() == 2  # group 3 has no item
+    env = ListReward(RewardConfig(weights={"fairness": 1.0}, fairness_target="uniform"), items, splits["train"], stats)
+    assert env.catalogue.n_groups == build_catalogue(items, stats, splits["test"]["history"].tolist()).n_groups == 4
+    # one item of each of the 3 non-empty groups vs uniform over 4: 1 − ½(3·|1/3 − 1/4| + 1/4) = 3/4
+    np.testing.assert_allclose(env([[100]], None, np.array([[100, 103, 107]]))["fairness"], [0.75])
+
+
+def test_ild_without_genres_is_the_diversity_reward_distance(tmp_path, crafted):
+    recs = _write(tmp_path / "recs.jsonl", [{"row": r, "items": items} for r, items in enumerate(CRAFT_RECS)])
+    evaluate(recs, crafted, "test", tmp_path / "eval", ks=(5, 10))
+    ild = pd.read_parquet(tmp_path / "eval" / "per_user.parquet")[["ild@5", "ild@10"]].to_numpy()
+
+    # hand: A = C + Cᵀ of the train co-occurrence (last history item -> target); d = 1 − cosine of
+    # A's rows, 0 between two items that never co-occur (11 of 12 items here, so dim 64 is exact)
+    ix = {i: n for n, i in enumerate(CRAFT_IDS)}
+    c = np.zeros((12, 12))
+    for history, target in CRAFT_TRAIN:
+        c[ix[history[-1]], ix[target]] += 1
+    a = c + c.T
+    norm = np.linalg.norm(a, axis=1)
+    unit = a / np.where(norm > 0, norm, 1.0)[:, None]
+    d = 1.0 - np.clip(unit @ unit.T, 0.0, 1.0)
+    d[np.ix_(norm == 0, norm == 0)] = 0.0
+    for r, items in enumerate(CRAFT_RECS):
+        for col, k in enumerate((5, 10)):
+            valid = list(dict.fromkeys(i for i in items[:k] if i in ix))  # distinct catalogue items
+            pairs = [(ix[x], ix[y]) for n, x in enumerate(valid) for y in valid[n + 1:]]
+            assert ild[r, col] == pytest.approx(np.mean([d[p] for p in pairs]), abs=1e-5), (r, k)
+
+    # and the diversity reward on the same lists: equal where every slot is valid (rows 0, 2, 3)
+    items, splits, stats = load_prepared(crafted)
+    env = ListReward(RewardConfig(weights={"diversity": 1.0}), items, splits["train"], stats)
+    assert env.diversity_basis == "cooccurrence"
+    reward = env([[100]] * 4, None, np.array(CRAFT_RECS))["diversity"]
+    np.testing.assert_allclose(reward[[0, 2, 3]], ild[[0, 2, 3], 1], atol=1e-6)
+    assert reward[1] < ild[1, 1]  # invalid slots: the reward counts their pairs as 0, ILD skips them

@@ -3,10 +3,14 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from blade.errors import DataError
 from blade.metrics import (
     Catalogue,
+    ItemIndex,
+    build_catalogue,
     coverage_at_k,
     entropy_at_k,
     evaluate_lists,
@@ -14,7 +18,7 @@ from blade.metrics import (
     ild_at_k,
     invalid_rate,
     mgu_dgu,
-    mgu_dgu_pooled,
+    mgu_dgu_user,
     ndcg_at_k,
     recall_at_k,
     tail_share_at_k,
@@ -32,6 +36,12 @@ LISTS = np.array([[10, 11, 12, 14], [13, 15, 14, 12]])
 
 def cat(**kw):
     return Catalogue(item_ids=np.array(IDS), pop_group=np.array(POP), train_pop=np.array(TRAIN), **kw)
+
+
+def pop_distance(idx):
+    """|g_i − g_j| / 2 on the popularity groups: a hand-checkable stand-in item distance."""
+    g = np.asarray(POP, dtype=float)[idx]
+    return np.abs(g[:, :, None] - g[:, None, :]) / 2
 
 
 def test_recall_ndcg_hand():
@@ -62,35 +72,76 @@ def test_invalid_rate_counts_missing_unknown_and_repeats():
     big = 10**12
     sparse = Catalogue(item_ids=np.array(IDS) * big, pop_group=np.array(POP), train_pop=np.array(TRAIN))
     np.testing.assert_allclose(invalid_rate(np.where(lists > 0, lists * big, lists), sparse), [0.0, 0.75, 1.0])
+    # the same from an ItemIndex or the bare id array; per_row=False: the share over all 12 slots
+    np.testing.assert_allclose(invalid_rate(lists, ItemIndex(IDS)), [0.0, 0.75, 1.0])
+    assert invalid_rate(lists, IDS, per_row=False) == pytest.approx(7 / 12)
+    assert invalid_rate(np.empty((0, 3), dtype=int), IDS, per_row=False) == 0.0
+    assert invalid_rate(np.empty((0, 3), dtype=int), IDS).shape == (0,)
+
+
+def test_item_index_dense_and_sparse_paths_agree():
+    ids = np.array([7, 3, 11, 0])
+    dense, sparse = ItemIndex(ids), ItemIndex(ids * 10**12)
+    query = np.array([[3, 0, 99], [-1, 11, 7]])
+    np.testing.assert_array_equal(dense.index_of(query), [[1, 3, -1], [-1, 2, 0]])
+    np.testing.assert_array_equal(sparse.index_of(np.where(query >= 0, query * 10**12, query)), dense.index_of(query))
+    assert ItemIndex([]).index_of([1, 2]).tolist() == [-1, -1]
+    with pytest.raises(DataError, match="unique"):
+        ItemIndex([1, 2, 1])
+
+
+def test_build_catalogue_reads_group_count_from_stats():
+    items = pd.DataFrame({"item_id": IDS, "title": list("abcdef"), "genres": [None] * 6,
+                          "train_pop": TRAIN, "pop_group": POP})
+    stats = {"popularity": {"n_groups": 4}}  # group 3 is empty: still a group
+    c = build_catalogue(items, stats)
+    assert c.n_groups == 4 and c.genres is None and c.weights("pop").shape == (6, 4)
+    with pytest.raises(DataError, match="popularity.n_groups"):
+        build_catalogue(items, {})
+    with pytest.raises(DataError, match="pop_group reaches 2 but stats.json popularity.n_groups is 2"):
+        build_catalogue(items, {"popularity": {"n_groups": 2}})
+    # genres exist when any item has a non-empty genre list; missing genres become []
+    with_genres = items.assign(genres=[["A"], None, [], ["B"], None, None])
+    assert build_catalogue(with_genres, stats).genres == [["A"], [], [], ["B"], [], []]
+    assert build_catalogue(items.assign(genres=[[]] * 6), stats).genres is None
 
 
 def test_mgu_dgu_pop_with_history():
-    mgu, dgu = mgu_dgu(LISTS, cat(history=HIST), 4, "pop")
+    mgu, dgu = mgu_dgu_user(LISTS, cat(history=HIST), 4, "pop")
     # u0: rec (.5,.25,.25) - hist {10,12,13,15}=(.25,.5,.25) -> GU (.25,-.25,0): MGU .5/3, DGU .5
     # u1: rec (0,.5,.5) - hist {10,11}=(1,0,0) -> GU (-1,.5,.5): MGU 2/3, DGU 1.5
     np.testing.assert_allclose(mgu, [1 / 6, 2 / 3])
     np.testing.assert_allclose(dgu, [0.5, 1.5])
     # Pooled (IFairLRS): rec counts (2,3,3)/8 = (.25,.375,.375); hist (3,2,1)/6
     # GU = (-.25, 1/24, 5/24): MGU = (.25 + 1/24 + 5/24)/3 = 1/6, DGU = 5/24 + .25 = 11/24
-    pm, pd_ = mgu_dgu_pooled(LISTS, cat(history=HIST), 4, "pop")
+    pm, pd_ = mgu_dgu(LISTS, cat(history=HIST), 4, "pop")
     assert pm == pytest.approx(1 / 6) and pd_ == pytest.approx(11 / 24)
+    # with one more (empty) group, pooled GU gains a 0 entry: MGU = (1/2)/4, DGU unchanged
+    four = Catalogue(item_ids=np.array(IDS), pop_group=np.array(POP), train_pop=np.array(TRAIN), history=HIST,
+                     n_groups=4)
+    assert mgu_dgu(LISTS, four, 4, "pop") == pytest.approx((1 / 8, 11 / 24))
 
 
 def test_mgu_dgu_pop_train_reference():
-    mgu, dgu = mgu_dgu(LISTS[:1], cat(), 4, "pop")
+    mgu, dgu = mgu_dgu_user(LISTS[:1], cat(), 4, "pop")
     # u0: rec (.5,.25,.25) - train (.55,.35,.10) = (-.05,-.10,.15): MGU .3/3 = .1, DGU .25
     np.testing.assert_allclose(mgu, [0.1])
     np.testing.assert_allclose(dgu, [0.25])
     # one user: pooled == per-user
-    assert mgu_dgu_pooled(LISTS[:1], cat(), 4, "pop") == pytest.approx((0.1, 0.25))
+    assert mgu_dgu(LISTS[:1], cat(), 4, "pop") == pytest.approx((0.1, 0.25))
 
 
-def test_mgu_dgu_genre_fractional_counts():
-    mgu, dgu = mgu_dgu(LISTS[:1], cat(genres=GENRES, history=HIST[:1]), 4, "genre")
-    # u0 list {A},{A,B},{B},{A,C}: A 1+.5+.5 = 2, B .5+1 = 1.5, C .5 -> (.5,.375,.125)
-    # history {A},{B},{C},{C} -> (.25,.25,.5); GU (.25,.125,-.375): MGU .75/3 = .25, DGU .625
-    np.testing.assert_allclose(mgu, [0.25])
-    np.testing.assert_allclose(dgu, [0.625])
+def test_mgu_dgu_genre_counts_each_genre_once():
+    # IFairLRS counting (official evaluate_all.py): an item adds 1 to each of its genres.
+    mgu, dgu = mgu_dgu_user(LISTS[:1], cat(genres=GENRES, history=HIST[:1]), 4, "genre")
+    # u0 list {A},{A,B},{B},{A,C}: A 3, B 2, C 1 of 6 -> (1/2, 1/3, 1/6)
+    # history {A},{B},{C},{C} -> (1/4, 1/4, 1/2); GU (1/4, 1/12, -1/3): MGU (8/12)/3 = 2/9, DGU 7/12
+    np.testing.assert_allclose(mgu, [2 / 9])
+    np.testing.assert_allclose(dgu, [7 / 12])
+    # pooled over both users: u1 list {C},{C},{A,C},{B} adds A 1, B 1, C 3 -> rec (4, 3, 4)/11;
+    # histories {A},{B},{C},{C} + {A},{A,B} -> (3, 2, 2)/7; GU = (-5, -1, 6)/77: MGU 4/77, DGU 1/7
+    pooled = mgu_dgu(LISTS, cat(genres=GENRES, history=HIST), 4, "genre")
+    assert pooled == pytest.approx((4 / 77, 1 / 7))
 
 
 def test_tail_share():
@@ -100,13 +151,15 @@ def test_tail_share():
     np.testing.assert_allclose(tail_share_at_k(lists, cat(), 2), [0.0, 0.5, 1.0])
 
 
-def test_ild_genre_and_pop():
+def test_ild_genre_and_given_distance():
     # genres: pairs (10,11) .5, (10,12) 1, (10,14) .5, (11,12) .5, (11,14) 2/3, (12,14) 1 -> 25/36
     np.testing.assert_allclose(ild_at_k(LISTS[:1], cat(genres=GENRES), 4), [25 / 36])
-    # pop groups [0,0,1,2], /(G-1)=2: 0, .5, 1, .5, 1, .5 -> 3.5/6
-    # second row: one valid item -> NaN
-    ild = ild_at_k(np.array([[10, 11, 12, 14], [13, 13, -1, 99]]), cat(), 4)
-    np.testing.assert_allclose(ild, [3.5 / 6, np.nan])
+    # any item distance: pop groups [0,0,1,2] /2: 0, .5, 1, .5, 1, .5 -> 3.5/6;
+    # second row: one valid item -> NaN; third: the repeat and -1 are skipped, pair (10,14) -> 1
+    lists = np.array([[10, 11, 12, 14], [13, 13, -1, 99], [10, 10, -1, 14]])
+    np.testing.assert_allclose(ild_at_k(lists, cat(), 4, pop_distance), [3.5 / 6, np.nan, 1.0])
+    with pytest.raises(DataError, match="ILD without genres needs the diversity reward's item distance"):
+        ild_at_k(lists, cat(), 4)
 
 
 def test_gini_coverage_entropy_closed_forms():
@@ -128,13 +181,19 @@ def test_gini_coverage_entropy_closed_forms():
 def test_evaluate_lists_columns_and_summary():
     # target 12 is at rank 3 in u0 and rank 4 in u1: recall@4 = 1 for both, recall@2 = 0
     per_user, summary = evaluate_lists(LISTS, np.array([12, 12]), cat(genres=GENRES, history=HIST), ks=(2, 4))
-    expected = {"recall@4", "ndcg@4", "mgu_pop@4", "dgu_pop@4", "mgu_genre@4", "dgu_genre@4",
+    expected = {"recall@4", "ndcg@4", "mgu_pop_user@4", "dgu_pop_user@4", "mgu_genre_user@4", "dgu_genre_user@4",
                 "tail_share@4", "ild@4", "invalid_rate"}
     assert expected <= set(per_user.columns) and len(per_user) == 2
-    assert summary["mgu_pop@4"] == pytest.approx((1 / 6 + 2 / 3) / 2)
+    assert not {"mgu_pop@4", "dgu_pop@4", "mgu_genre@4"} & set(per_user.columns)  # pooled: no per-user form
+    # plain names: the IFairLRS pooled numbers (test_mgu_dgu_*); _user: the mean of the per-user ones
+    assert summary["mgu_pop@4"] == pytest.approx(1 / 6) and summary["dgu_pop@4"] == pytest.approx(11 / 24)
+    assert summary["mgu_genre@4"] == pytest.approx(4 / 77)
+    assert summary["mgu_pop_user@4"] == pytest.approx((1 / 6 + 2 / 3) / 2)
     assert summary["recall@4"] == pytest.approx(1.0) and summary["recall@2"] == 0.0
-    assert {"gini@4", "coverage@4", "entropy@4", "mgu_pop_pooled@4"} <= set(summary)
-    assert "mgu_genre@2" not in evaluate_lists(LISTS, np.array([12, 10]), cat(), ks=(2,))[0]
+    assert {"gini@4", "coverage@4", "entropy@4"} <= set(summary)
+    no_genres = evaluate_lists(LISTS, np.array([12, 10]), cat(), ks=(2,), distance=pop_distance)
+    assert "mgu_genre_user@2" not in no_genres[0] and "mgu_genre@2" not in no_genres[1]
+    np.testing.assert_allclose(no_genres[0]["ild@2"], [0.0, 0.5])
 
 
 def test_recall_ndcg_match_ranx():

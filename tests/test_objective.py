@@ -15,15 +15,9 @@ import pytest
 import torch
 
 from blade.align.estimators import RefPrior, make_estimator
-from blade.align.objective import (
-    OBJECTIVES,
-    BladeConfig,
-    BladeObjective,
-    RolloutBatch,
-    bon_diagnostics,
-    build_objective,
-    k3_kl,
-)
+from blade.align.blade_objective import BladeConfig, BladeObjective
+from blade.align.objective import RolloutBatch, bon_diagnostics, k3_kl
+from blade.align.registry import OBJECTIVES, build_objective
 from blade.errors import ConfigError
 
 
@@ -59,9 +53,16 @@ def categorical_batch(theta: torch.Tensor, ys: np.ndarray, rewards: np.ndarray, 
                         mask=mask, step=step)
 
 
+def summed(objective, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """What the loop steps on: the alignment term plus the regulariser, and the diagnostics."""
+    align, penalty, diag = objective(batch)
+    assert align.dim() == 0 and penalty.dim() == 0
+    return align + penalty, diag
+
+
 def grad_of(objective, theta: torch.Tensor, *args) -> np.ndarray:
     theta = theta.clone().requires_grad_(True)
-    loss, _ = objective(categorical_batch(theta, *args))
+    loss, _ = summed(objective, categorical_batch(theta, *args))
     (g,) = torch.autograd.grad(loss, theta)
     return g.numpy()
 
@@ -84,7 +85,7 @@ def test_forward_loss_gradient_is_exact_forward_kl_when_group_enumerates_policy(
     prior = prior_from([[0.0, 0.3, 0.6, 0.8, 0.8], [0.1, 0.5, 0.9]])
     N = 5
     obj = BladeObjective(BladeConfig(estimator=estimator, n=N, beta_kl=0.0), prior)
-    log_f = make_estimator(estimator, 4.0)(rewards, prior, np.arange(2))          # (2, 8), one F per y
+    log_f = make_estimator(estimator, 4.0, 1e-4)(rewards, prior, np.arange(2))          # (2, 8), one F per y
     if estimator == "static":  # F̂ by hand, independent of the estimator code
         hand = np.array([[(1 + sum(v < r for v in ref) + 0.5 * sum(v == r for v in ref)) / (len(ref) + 1)
                           for r in rw] for rw, ref in zip(rewards, [[0.0, 0.3, 0.6, 0.8, 0.8], [0.1, 0.5, 0.9]])])
@@ -145,7 +146,7 @@ def test_backward_loss_gradient_is_reinforce_with_leave_one_out_baseline():
     prior = prior_from(HAND_REF)
     obj = BladeObjective(BladeConfig(estimator="static", n=3, loss="backward", beta_kl=0.0), prior)
     batch = _leaf_batch(HAND_R)
-    loss, diag = obj(batch)
+    loss, diag = summed(obj, batch)
     loss.backward()
     s = [2 * math.log(f) for f in HAND_F]  # (N-1)·log F
     adv = [s[0] - (s[1] + s[2]) / 2, s[1] - (s[0] + s[2]) / 2, s[2] - (s[0] + s[1]) / 2]
@@ -160,7 +161,7 @@ def test_forward_loss_gradient_by_hand():
     prior = prior_from(HAND_REF)
     obj = BladeObjective(BladeConfig(estimator="static", n=3, beta_kl=0.0), prior)
     batch = _leaf_batch(HAND_R)
-    obj(batch)[0].backward()
+    summed(obj, batch)[0].backward()
     sq = [f**2 for f in HAND_F]  # w ∝ F^(N-1)
     w = [x / sum(sq) for x in sq]
     want = torch.zeros(1, 3, 2, dtype=torch.float64)
@@ -173,8 +174,8 @@ def test_jeffreys_interpolates_forward_and_backward():
 
     def run(loss, beta_j=0.5):
         batch = _leaf_batch(HAND_R)
-        value, diag = BladeObjective(BladeConfig(estimator="dp", n=4, loss=loss, beta_j=beta_j, beta_kl=0.0),
-                                     prior)(batch)
+        value, diag = summed(BladeObjective(BladeConfig(estimator="dp", n=4, loss=loss, beta_j=beta_j, beta_kl=0.0),
+                                            prior), batch)
         value.backward()
         return value.item(), batch.token_logp.grad.clone(), diag
 
@@ -202,7 +203,10 @@ def test_k3_is_zero_at_the_reference_positive_otherwise_and_unbiased():
     prior = prior_from(HAND_REF)
     for shift, positive in ((0.0, False), (0.3, True)):
         batch = _leaf_batch(HAND_R, shift=shift)
-        loss, diag = BladeObjective(BladeConfig(estimator="static", n=3, beta_kl=0.1), prior)(batch)
+        align, penalty, diag = BladeObjective(BladeConfig(estimator="static", n=3, beta_kl=0.1), prior)(batch)
+        loss = align + penalty
+        assert align.item() == pytest.approx(diag["loss_forward"]), "the alignment term is the forward loss alone"
+        assert penalty.item() == pytest.approx(0.1 * diag["kl"]), "the regulariser is β_kl·KL"
         assert (diag["kl"] > 0) == positive and diag["kl"] >= 0, f"shift {shift}: kl = {diag['kl']}"
         assert diag["kl"] == pytest.approx(math.exp(shift) - shift - 1)  # one real token per list
         assert loss.item() == pytest.approx(diag["loss_forward"] + 0.1 * diag["kl"])
@@ -216,8 +220,8 @@ def test_loss_is_finite_with_all_equal_rewards(estimator, loss, kappa0):
     obj = BladeObjective(BladeConfig(estimator=estimator, loss=loss, kappa0=kappa0, gamma=0.5), prior)
     for step in range(2):  # the second step sees evidence
         batch = _leaf_batch(np.zeros((2, 8)), seed=step)
-        value, diag = obj(RolloutBatch(batch.rows, batch.rewards, batch.token_logp, batch.ref_token_logp,
-                                       batch.old_token_logp, batch.mask, step))
+        value, diag = summed(obj, RolloutBatch(batch.rows, batch.rewards, batch.token_logp, batch.ref_token_logp,
+                                               batch.old_token_logp, batch.mask, step))
         value.backward()
         assert math.isfinite(value.item()) and torch.isfinite(batch.token_logp.grad).all(), f"step {step}: {diag}"
         assert all(math.isfinite(v) for v in diag.values()), diag
@@ -239,6 +243,7 @@ def test_bon_diagnostics_hand_values():
     # within-group std (ddof 0) of two values is half their distance: |2·log(f0/f1)|/2
     assert d["signal_std"] == pytest.approx((math.log(0.995 / 0.5) + math.log(0.99 / 0.2)) / 2)
     assert (d["reward_mean"], d["reward_max"], d["kl"], d["loss_forward"]) == pytest.approx((1.5, 3.0, 0.25, -1.5))
+    assert d["reward_bon_group"] == pytest.approx((2.0 + 3.0) / 2), "mean over contexts of each group's best"
     assert d["tied_frac"] == 0.0
     tied = bon_diagnostics(np.log(f), w, n=3, rewards=np.array([[1.0, 1.0], [3.0, 0.0]]))
     assert tied["tied_frac"] == pytest.approx(1 / 2), "one of two groups has all-equal rewards"
@@ -251,14 +256,15 @@ def test_objective_diagnostics_on_a_hand_made_batch():
         old = batch.token_logp.detach().clone()
         old[0, 0, 0] -= 0.3  # the sampler saw list 0 with a different log-prob
     batch.old_token_logp = old
-    loss, d = BladeObjective(BladeConfig(estimator="static", n=3, beta_kl=0.0), prior)(batch)
+    loss, penalty, d = BladeObjective(BladeConfig(estimator="static", n=3, beta_kl=0.0), prior)(batch)
+    assert penalty.item() == 0.0 and not penalty.requires_grad, "β_kl = 0: no regulariser, no second backward"
     sq = [f**2 for f in HAND_F]
     w = np.array([x / sum(sq) for x in sq])
     assert d["weight_spread"] == pytest.approx(np.abs(w - 1 / 3).sum())
     assert d["ess"] == pytest.approx(1 / (w**2).sum())
     assert d["saturated_frac"] == pytest.approx(1 / 3)
     assert d["signal_std"] == pytest.approx(np.std([2 * math.log(f) for f in HAND_F]))
-    assert (d["reward_mean"], d["reward_max"]) == pytest.approx((2.0 + 1 / 3, 5.0))
+    assert (d["reward_mean"], d["reward_max"], d["reward_bon_group"]) == pytest.approx((2.0 + 1 / 3, 5.0, 5.0))
     assert d["logp_drift"] == pytest.approx(0.3 / 3)
     assert d["loss"] == pytest.approx(loss.item()) and d["kl"] == 0.0
     assert "loss_backward" not in d, "only the losses in use are logged"
@@ -292,14 +298,14 @@ def test_evidence_state_survives_a_json_round_trip_resume():
     cfg = BladeConfig(estimator="dp", gamma=0.7)
 
     a = BladeObjective(cfg, prior)
-    la = [a(_at(_leaf_batch(rewards[t], seed=t), t))[1]["loss"] for t in range(2)]
+    la = [a(_at(_leaf_batch(rewards[t], seed=t), t))[2]["loss"] for t in range(2)]
     state = json.loads(json.dumps(a.state_dict()))
     b = BladeObjective(cfg, prior)
     b.load_state_dict(state)
-    third_a = a(_at(_leaf_batch(rewards[2], seed=2), 2))[1]
-    third_b = b(_at(_leaf_batch(rewards[2], seed=2), 2))[1]
+    third_a = a(_at(_leaf_batch(rewards[2], seed=2), 2))[2]
+    third_b = b(_at(_leaf_batch(rewards[2], seed=2), 2))[2]
     assert third_a == pytest.approx(third_b), "a resumed objective must continue exactly"
-    fresh = BladeObjective(cfg, prior)(_at(_leaf_batch(rewards[2], seed=2), 2))[1]
+    fresh = BladeObjective(cfg, prior)(_at(_leaf_batch(rewards[2], seed=2), 2))[2]
     assert fresh["weight_spread"] != pytest.approx(third_a["weight_spread"]), "evidence must change the target"
     assert la[0] != la[1]
     assert BladeObjective(BladeConfig(gamma=0.0), prior).state_dict() == {}

@@ -19,14 +19,16 @@ from safetensors.torch import load_file
 from blade.model.codec import BIGREC_TEMPLATE, ItemCodec
 from blade.model.policy import LoraOptions, Policy, PolicyConfig
 from blade.sampling import ListSampler
-from blade.train.sft import SFTConfig, train_sft
+from blade.experiment import EvalConfig
+from blade.train.config import SFTConfig
+from blade.train.sft import train_sft
 from tests.conftest import ROOT
 from tests.helpers import save_tiny_pretrained, sentencepiece_style_tokenizer, small_dataset
 
 TARGETS = ["q_proj", "v_proj"]
 K = 5
-SFT = SFTConfig(epochs=1, batch_size=32, lr=5e-3, warmup_steps=1, k=K, select_metric=f"ndcg@{K}", valid_rows=0,
-                eval_batch_size=64)
+SFT = SFTConfig(epochs=1, batch_size=32, lr=5e-3, warmup_steps=1, k=K, select_metric=f"ndcg@{K}")
+ALL_VALID = EvalConfig(selection_rows=0, batch_size=64, ks=[K], k=K)
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 
@@ -140,7 +142,7 @@ def test_lora_sft_saves_an_adapter_that_reloads_exactly(setup, tmp_path, monkeyp
         real_save(self, directory)
 
     monkeypatch.setattr(Policy, "save", spy)
-    summary = train_sft(data, tmp_path / "sft", _lora(base, codec), SFT, seed=0)
+    summary = train_sft(data, tmp_path / "sft", _lora(base, codec), SFT, seed=0, evaluation=ALL_VALID)
     assert summary["best_epoch"] == 1
     best = tmp_path / "sft" / "best"
     trained = next(p for p, d in saved if d == best)
@@ -223,8 +225,8 @@ def test_lora_sft_killed_after_an_epoch_resumes_to_the_same_result(setup, tmp_pa
 @pytest.mark.slow
 def test_cli_recommend_and_evaluate_from_a_lora_adapter(setup, tmp_path):
     data, _, base = setup
-    cfg = SFTConfig(epochs=1, batch_size=64, lr=5e-3, warmup_steps=1, k=K, select_metric=f"ndcg@{K}", valid_rows=8)
-    train_sft(data, tmp_path / "sft", _lora(base, "title"), cfg, seed=0)
+    cfg = SFTConfig(epochs=1, batch_size=64, lr=5e-3, warmup_steps=1, k=K, select_metric=f"ndcg@{K}")
+    train_sft(data, tmp_path / "sft", _lora(base, "title"), cfg, seed=0, evaluation=EvalConfig(selection_rows=8, ks=[K], k=K))
     env = {**os.environ, "BLADE_TRACKING": "off", "OMP_NUM_THREADS": "1"}
     recs = tmp_path / "recs.jsonl"
     for args in (["recommend", "--data", str(data), "--split", "test", "--k", "10", "--model",

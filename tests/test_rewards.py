@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from blade.config import from_dict
 from blade.data.canonical import load_prepared
@@ -13,6 +14,7 @@ from blade.errors import ConfigError, DataError
 from blade.metrics import ild_at_k, ndcg_at_k
 from blade.rewards import (
     REWARDS,
+    CooccurrenceEmbedding,
     ListReward,
     RelevanceModel,
     RewardConfig,
@@ -190,6 +192,19 @@ def test_cooccurrence_embedding_exact_at_full_rank_and_bounded_when_truncated(ti
                      items, splits["train"], stats)(lists.tolist(), None, lists)["diversity"]
     assert (low >= 0).all() and (low <= 1).all() and not np.allclose(low, got)
     assert np.corrcoef(low, got)[0, 1] > 0.5  # the rank-8 approximation still orders lists alike
+
+
+@pytest.mark.parametrize("dim", [64, 3])
+def test_item_without_cooccurrence_is_at_distance_one_from_every_other(dim):
+    # Regression: an empty row's SVD embedding is round-off, not zero; normalised, it pointed in a
+    # random direction (on these counts item 5 came out at distance 0.43 from item 8).
+    pairs = [(0, 1), (0, 1), (0, 2), (1, 3), (2, 3), (3, 4), (4, 6), (6, 7), (7, 0), (8, 9), (9, 0)]
+    counts = sp.csr_matrix((np.ones(len(pairs)), tuple(zip(*pairs))), shape=(12, 12))
+    d = CooccurrenceEmbedding(counts, dim=dim).distance(np.arange(12)[None])[0]  # (12, 12)
+    empty = [5, 10, 11]
+    others = [i for i in range(12) if i not in empty]
+    np.testing.assert_allclose(d[np.ix_(empty, others)], 1.0)
+    np.testing.assert_allclose(d[np.ix_(empty, empty)], 0.0)
 
 
 # ---------------------------------------------------------------- combination and config

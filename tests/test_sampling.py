@@ -18,7 +18,8 @@ import torch
 
 from blade.model.policy import Policy, PolicyConfig
 from blade.model.trie import Trie
-from blade.sampling import ListSampler, _Chooser, _LeanLM, invalid_rate
+from blade.metrics import invalid_rate
+from blade.sampling import ListSampler, _Chooser, _LeanLM
 
 CODECS = ["atomic", "title"]
 
@@ -138,7 +139,10 @@ def test_k_outside_catalogue_size_is_rejected():
 # ---- log-probabilities --------------------------------------------------------------------------
 @pytest.mark.parametrize("greedy", [False, True])
 @pytest.mark.parametrize("codec", CODECS)
-def test_logp_equals_teacher_forced_token_logprobs(codec, greedy):
+def test_logp_equals_teacher_forced_constrained_token_logprobs(codec, greedy):
+    """``lists.logp`` (drawn at temperature 0.8, top-p 0.9) is the constrained log-prob at
+    temperature 1 — the policy being trained —, exactly what the training forward computes for the
+    same lists with ``constrained=True`` (the mask replayed over the given tokens)."""
     pol = policy(codec, "synthetic")
     k = 4
     prompts = prompts_for(pol, "synthetic", k)
@@ -147,15 +151,59 @@ def test_logp_equals_teacher_forced_token_logprobs(codec, greedy):
         prompts, greedy=greedy, generator=torch.Generator().manual_seed(3))
     conts = [pol.codec.list_tokens(row) for row in lists.items.tolist()]
     with torch.no_grad():
-        ref, mask = pol.token_logprobs(prompts, conts)
+        ref, mask = pol.token_logprobs(prompts, conts, constrained=True)
+        raw, _ = pol.token_logprobs(prompts, conts)
     T = ref.shape[1]
     assert torch.equal(lists.mask[:, :T], mask) and not lists.mask[:, T:].any()
     torch.testing.assert_close(lists.logp[:, :T], ref, atol=1e-4, rtol=0)
+    # the model's own (unconstrained) log-probs are lower: the mask removes mass at every position
+    assert bool((raw[mask] < ref[mask] - 1e-4).all())
     # and each row alone (no padding at all) gives the same numbers
     for r in (0, len(prompts) - 1):
         with torch.no_grad():
-            alone, _ = pol.token_logprobs([prompts[r]], [conts[r]])
+            alone, _ = pol.token_logprobs([prompts[r]], [conts[r]], constrained=True)
         torch.testing.assert_close(lists.logp[r, : len(conts[r])], alone[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_constrained_token_logprobs_by_hand(codec):
+    """Independent of blade's trie and mask: at each position, the softmax of the full forward's
+    logits over the tokens that continue the code of some item not yet listed (sets of tuples);
+    unconstrained: the plain log-softmax over the vocabulary (SFT's NLL, unchanged)."""
+    pol = policy(codec, "halo")
+    codes = [tuple(c) for c in pol.codec.codes]
+    lists = [[10, 11, 12], [13], [16, 14]]  # ragged: padding after the shorter lists
+    prompts = [pol.codec.prompt(h, 3) for h in ([10], [11, 12], [15, 16, 17, 13])]
+    conts = [pol.codec.list_tokens(lst) for lst in lists]
+    with torch.no_grad():
+        con, mask = pol.token_logprobs(prompts, conts, constrained=True)
+        raw, _ = pol.token_logprobs(prompts, conts)
+    for r, (prompt, cont) in enumerate(zip(prompts, conts)):
+        with torch.no_grad():
+            logits = pol.model(input_ids=torch.tensor([prompt + cont])).logits[0, len(prompt) - 1:-1].double()
+        taken, cur = set(), ()
+        for t, tok in enumerate(cont):
+            allowed = sorted({c[len(cur)] for i, c in enumerate(codes) if i not in taken and c[:len(cur)] == cur})
+            want = logits[t, tok] - logits[t, allowed].logsumexp(-1)
+            assert float(con[r, t]) == pytest.approx(float(want), abs=1e-4), (r, t)
+            assert float(raw[r, t]) == pytest.approx(float(logits[t].log_softmax(-1)[tok]), abs=1e-4), (r, t)
+            cur = cur + (tok,)
+            if cur in codes:
+                taken.add(codes.index(cur))
+                cur = ()
+        assert (con[r, len(cont):] == 0).all() and not mask[r, len(cont):].any()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_constrained_token_logprobs_reject_lists_the_sampler_cannot_produce(codec):
+    pol = policy(codec, "halo")
+    prompt = pol.codec.prompt([10], 3)
+    repeated = pol.codec.list_tokens([11, 14, 11])
+    with pytest.raises(ValueError, match=r"list 1: token \d+ at position \d+ is not allowed"):
+        pol.token_logprobs([prompt, prompt], [pol.codec.list_tokens([11, 14]), repeated], constrained=True)
+    off_trie = [pol.codec.pad_id]  # padding is no item's code
+    with pytest.raises(ValueError, match="list 0: token .* at position 0"):
+        pol.token_logprobs([prompt], [off_trie], constrained=True)
 
 
 def _constrained_pair_probs(pol: Policy, prompt: list[int], temperature: float = 1.0, top_p: float = 1.0):
@@ -308,15 +356,15 @@ def test_trie_rejects_codes_that_prefix_each_other():
 
 def test_invalid_rate_counts_missing_outside_and_repeated_slots():
     cat = torch.tensor([1, 2, 3, 4])
-    assert invalid_rate(torch.tensor([[1, 2, 3], [4, 3, 2]]), cat) == 0.0
-    assert invalid_rate(torch.tensor([[1, -1, 3]]), cat) == pytest.approx(1 / 3)  # missing
-    assert invalid_rate(torch.tensor([[1, 99, 3]]), cat) == pytest.approx(1 / 3)  # outside the catalogue
-    assert invalid_rate(torch.tensor([[1, 3, 1]]), cat) == pytest.approx(1 / 3)   # repeated
-    assert invalid_rate(torch.tensor([[2, 2, 2], [1, 2, 3]]), cat) == pytest.approx(2 / 6)
+    assert invalid_rate(torch.tensor([[1, 2, 3], [4, 3, 2]]), cat, per_row=False) == 0.0
+    assert invalid_rate(torch.tensor([[1, -1, 3]]), cat, per_row=False) == pytest.approx(1 / 3)  # missing
+    assert invalid_rate(torch.tensor([[1, 99, 3]]), cat, per_row=False) == pytest.approx(1 / 3)  # outside the catalogue
+    assert invalid_rate(torch.tensor([[1, 3, 1]]), cat, per_row=False) == pytest.approx(1 / 3)   # repeated
+    assert invalid_rate(torch.tensor([[2, 2, 2], [1, 2, 3]]), cat, per_row=False) == pytest.approx(2 / 6)
     # each bad slot counts once: repeated -1s or repeated outsiders are not counted twice
-    assert invalid_rate(torch.tensor([[-1, -1, 2]]), cat) == pytest.approx(2 / 3)
-    assert invalid_rate(torch.tensor([[7, 7]]), cat) == pytest.approx(1.0)
-    assert invalid_rate(torch.empty((0, 3), dtype=torch.long), cat) == 0.0
+    assert invalid_rate(torch.tensor([[-1, -1, 2]]), cat, per_row=False) == pytest.approx(2 / 3)
+    assert invalid_rate(torch.tensor([[7, 7]]), cat, per_row=False) == pytest.approx(1.0)
+    assert invalid_rate(torch.empty((0, 3), dtype=torch.long), cat, per_row=False) == 0.0
 
 
 def test_every_ordered_pair_enumerated_by_helper_sums_to_one():
@@ -424,7 +472,8 @@ def _mask(bias: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("V", [7, 1000])
 def test_chooser_draws_from_the_masked_tempered_softmax(V):
     """Two-level inverse-CDF sampling: frequencies match the masked, tempered softmax, masked tokens
-    are never drawn, and the returned log-probs are the exact ones (raw and sampled)."""
+    are never drawn, and the returned log-probs are the exact ones (constrained at temperature 1,
+    and the tempered one it was drawn from)."""
     torch.manual_seed(0)
     n, temperature = 20000, 1.5
     row = torch.randn(V) * 2
@@ -438,7 +487,7 @@ def test_chooser_draws_from_the_masked_tempered_softmax(V):
     exact = _softmax_allowed(row, bias, temperature)
     assert bool(torch.isfinite(bias[tok]).all())  # only allowed tokens
     torch.testing.assert_close(slogp.double(), exact.log()[tok], atol=1e-5, rtol=0)
-    torch.testing.assert_close(logp.double(), row.double().log_softmax(-1)[tok], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logp.double(), _softmax_allowed(row, bias).log()[tok], atol=1e-5, rtol=0)
     counts = torch.bincount(tok, minlength=V).double()
     if V == 7:
         keep = exact > 0
@@ -478,8 +527,9 @@ def test_chooser_nucleus_is_the_smallest_top_set_reaching_top_p(top_p):
     bias = torch.zeros(V)
     bias[::7] = float("-inf")
     chooser = _Chooser(n, V, "cpu", False, 1.0, top_p, torch.Generator().manual_seed(4))
-    tok, _, slogp = chooser(row.expand(n, V).clone(), _mask(bias).expand(n, V).clone())
+    tok, logp, slogp = chooser(row.expand(n, V).clone(), _mask(bias).expand(n, V).clone())
     p = _softmax_allowed(row, bias)
+    torch.testing.assert_close(logp.double(), p.log()[tok], atol=1e-5, rtol=0)  # the whole allowed set, not the nucleus
     sp, order = p.sort(descending=True)
     keep = order[(sp.cumsum(0) - sp) <= top_p]
     nucleus = torch.zeros(V, dtype=torch.bool)
@@ -501,14 +551,16 @@ def test_greedy_chooser_is_the_first_argmax_of_the_masked_logits():
     bias = torch.tensor([[0.0, float("-inf"), 0.0, 0.0], [float("-inf"), 0.0, 0.0, 0.0]])
     tok, logp, slogp = _Chooser(2, 4, "cpu", True, 0.5, 0.1, None)(logits.clone(), _mask(bias))
     assert tok.tolist() == [2, 1]  # masked maxima skipped; ties go to the first; temperature/top-p ignored
-    torch.testing.assert_close(logp, logits.log_softmax(-1)[[0, 1], [2, 1]])
-    torch.testing.assert_close(slogp, (logits + bias).log_softmax(-1)[[0, 1], [2, 1]])
+    torch.testing.assert_close(logp, (logits + bias).log_softmax(-1)[[0, 1], [2, 1]])
+    torch.testing.assert_close(slogp, logp)
 
 
-@pytest.mark.parametrize("greedy,top_p", [(True, 1.0), (False, 1.0), (False, 0.9)])
-def test_chooser_is_exact_when_a_masked_token_dwarfs_the_allowed_ones(greedy, top_p):
+@pytest.mark.parametrize("greedy,top_p,temperature", [(True, 1.0, 1.0), (False, 1.0, 1.0), (False, 0.9, 1.0),
+                                                      (False, 1.0, 1.5), (False, 0.9, 0.7)])
+def test_chooser_is_exact_when_a_masked_token_dwarfs_the_allowed_ones(greedy, top_p, temperature):
     """A blocked token 200 nats above all allowed ones (exp() of the allowed logits underflows next to
-    it): the affected rows are redone against their allowed maximum — same draws, exact log-probs."""
+    it): the affected rows are redone against their allowed maximum — same draws, exact log-probs
+    (the constrained one at temperature 1 too, when sampling at another temperature)."""
     torch.manual_seed(2)
     n, V = 4000, 50
     row = torch.randn(V)
@@ -516,12 +568,11 @@ def test_chooser_is_exact_when_a_masked_token_dwarfs_the_allowed_ones(greedy, to
     bias[[3, 17]] = float("-inf")
     logits = row.expand(n, V).clone()
     logits[: n // 2, 3] = 200.0  # half the rows: the masked token dwarfs everything
-    chooser = _Chooser(n, V, "cpu", greedy, 1.0, top_p, torch.Generator().manual_seed(5))
+    chooser = _Chooser(n, V, "cpu", greedy, temperature, top_p, torch.Generator().manual_seed(5))
     tok, logp, slogp = chooser(logits.clone(), _mask(bias).expand(n, V).clone())
     assert bool(torch.isfinite(bias[tok]).all()) and bool(torch.isfinite(slogp).all())
-    exact = _softmax_allowed(row, bias)
-    torch.testing.assert_close(logp.double(), logits.double().log_softmax(-1).gather(1, tok[:, None]).squeeze(1),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(logp.double(), _softmax_allowed(row, bias).log()[tok], atol=1e-5, rtol=0)
+    exact = _softmax_allowed(row, bias, 1.0 if greedy else temperature)
     if greedy:
         assert tok.tolist() == [int(exact.argmax())] * n
         torch.testing.assert_close(slogp.double(), exact.log()[tok], atol=1e-5, rtol=0)

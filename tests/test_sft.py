@@ -12,7 +12,9 @@ import pytest
 from safetensors.torch import load_file
 
 from blade.model.policy import Policy, PolicyConfig
-from blade.train.sft import SFTConfig, continuation_lists, train_sft, valid_metrics
+from blade.train.config import SFTConfig
+from blade.train.selection import valid_metrics
+from blade.train.sft import continuation_lists, train_sft
 from tests.conftest import ROOT
 from tests.helpers import tiny_dataset
 
@@ -38,12 +40,12 @@ def test_sft_learns_and_selects_on_valid(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     items = pd.read_parquet(data / "items.parquet")
     valid = pd.read_parquet(data / "valid.parquet")
-    untrained = valid_metrics(Policy.build(SMALL_POLICY, items), valid, 10, 256)
+    untrained = valid_metrics(Policy.build(SMALL_POLICY, items), valid, 10, [5, 10], 256)
     summary = train_sft(data, tmp_path / "sft", SMALL_POLICY, SFTConfig(epochs=4, batch_size=32, warmup_steps=5), seed=0)
     log = pd.read_parquet(tmp_path / "sft" / "train_log.parquet")
     assert summary["best_epoch"] == int(log["valid/ndcg@10"].idxmax()) + 1
     best = Policy.load(tmp_path / "sft" / "best")
-    trained = valid_metrics(best, valid, 10, 256)
+    trained = valid_metrics(best, valid, 10, [5, 10], 256)
     assert trained["ndcg@10"] == pytest.approx(summary["valid/ndcg@10"])
     assert trained["recall@10"] > untrained["recall@10"] + 0.1, (untrained, trained)
     assert trained["invalid_rate"] == 0

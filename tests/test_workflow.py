@@ -31,19 +31,27 @@ def test_whole_dag_on_test_config(tmp_path):
     assert stats["n_rows"]["test"] == 200 and stats["n_items"] == 60
     assert (tmp_path / "results/logs/prepare/tiny.log").read_text().startswith("prepared")
     assert (tmp_path / "results/benchmarks/prepare/tiny.tsv").is_file()
-    for method in ("sft", "blade", "blade_static", "mostpop", "cooc"):
+    rows = [("none", m) for m in ("sft", "mostpop", "cooc")]
+    rows += [(r, m) for r in ("ndcg", "ndcg+fairness") for m in ("blade", "blade_static")]
+    for reward, method in rows:
         for split in ("valid", "test"):
-            metrics = json.loads((tmp_path / f"results/eval/tiny/{method}/seed0/{split}/metrics.json").read_text())
+            metrics = json.loads((tmp_path / f"results/eval/tiny/{reward}/{method}/seed0/{split}/metrics.json").read_text())
             assert 0 <= metrics["ndcg@10"] <= metrics["recall@10"] <= 1, (method, split, metrics)
             assert metrics["invalid_rate"] == 0, (method, split)
-    rollouts = pd.read_parquet(tmp_path / "results/rollouts/tiny/ref/seed0.parquet")
-    assert rollouts.groupby("row").size().eq(8).all() and rollouts["row"].nunique() == 300
-    for method in ("blade", "blade_static"):
-        diag = pd.read_parquet(tmp_path / f"results/models/tiny/{method}/seed0/diagnostics.parquet")
-        assert diag["step"].tolist() == list(range(1, 7)) and diag["weight_spread"].notna().all()
+    for reward in ("ndcg", "ndcg+fairness"):
+        rollouts = pd.read_parquet(tmp_path / f"results/rollouts/tiny/{reward}/ref/seed0.parquet")
+        assert rollouts.groupby("row").size().eq(8).all() and rollouts["row"].nunique() == 300
+        assert ("fairness" in rollouts) == (reward == "ndcg+fairness")  # each setting scored with its own reward
+        for method in ("blade", "blade_static"):
+            run = tmp_path / f"results/models/tiny/{reward}/{method}/seed0"
+            diag = pd.read_parquet(run / "diagnostics.parquet")
+            assert diag["step"].tolist() == list(range(1, 7)) and diag["weight_spread"].notna().all()
+            weights = json.loads((run / "align_config.json").read_text())["reward"]["weights"]
+            assert weights == ({"ndcg": 1.0, "fairness": 0.5} if reward == "ndcg+fairness" else {"ndcg": 1.0})
     runs = sqlite3.connect(tmp_path / "results/mlflow.db").execute(
         "select name, status from runs").fetchall()
     stages = {name.split("__")[-1] for name, _ in runs}
+    assert any(name.startswith("tiny__ndcg+fairness__blade__seed0") for name, _ in runs), runs
     assert {"sft", "rollout", "align", "evaluate_valid", "evaluate_test"} <= stages, stages
     assert all(status == "FINISHED" for _, status in runs), runs
     again = snakemake(tmp_path, "--configfile", str(ROOT / ".test" / "config.yaml"))

@@ -1,33 +1,6 @@
-"""Alignment: target-CDF estimators (static / nig / dp) and the objective interface with BLADE."""
+"""Alignment: reference rollouts, target-CDF estimators (static / nig / dp), the objective interface
+and its registry, BLADE's objective, and the one loop every method runs in.
 
-from blade.align.estimators import (
-    ESTIMATORS,
-    DPEstimator,
-    Estimator,
-    EvidenceBuffer,
-    NIGEstimator,
-    RefPrior,
-    StaticEstimator,
-    make_estimator,
-    nig_posterior,
-    ref_cdf,
-)
-from blade.align.objective import (
-    OBJECTIVES,
-    BladeConfig,
-    BladeObjective,
-    Objective,
-    RolloutBatch,
-    bon_diagnostics,
-    bon_weights,
-    build_objective,
-    k3_kl,
-    register,
-)
-
-__all__ = [
-    "ESTIMATORS", "DPEstimator", "Estimator", "EvidenceBuffer", "NIGEstimator", "RefPrior", "StaticEstimator",
-    "make_estimator", "nig_posterior", "ref_cdf",
-    "OBJECTIVES", "BladeConfig", "BladeObjective", "Objective", "RolloutBatch", "bon_diagnostics", "bon_weights",
-    "build_objective", "k3_kl", "register",
-]
+Import from the submodules (``blade.align.objective``, ``blade.align.estimators``, …): this
+package imports nothing itself, so that ``blade.align.config`` stays torch-free.
+"""

@@ -1,4 +1,4 @@
-"""Estimators of the BoN target's reward CDF ``F_x`` (METHOD.md §2–§3), behind one interface.
+"""Estimators of the BoN target's reward CDF ``F_x`` (docs/method.md (2.1)–(2.2), (3.1)–(3.2)), behind one interface.
 
 Every BoN-family objective weights a rollout by ``F_x(r)^(N-1)`` (BOND Thm 1 / vBoN): how likely
 the reference is to produce a reward no better than ``r``. The estimators differ only in what they
@@ -164,7 +164,7 @@ def mid_rank_mass(t: np.ndarray, values: np.ndarray, weights: np.ndarray) -> np.
 
 
 def ref_cdf(t: np.ndarray, ref: np.ndarray, ref_mask: np.ndarray) -> np.ndarray:
-    """Smoothed mid-rank empirical CDF of the reference (METHOD.md §2):
+    """Smoothed mid-rank empirical CDF of the reference (docs/method.md (2.2)):
     ``F̂(t) = (1 + #{j: r_j < t} + ½·#{j: r_j = t}) / (M + 1)``, in ``[1/(M+1), 1]``.
     t (B, G), ref/ref_mask (B, M) → (B, G)."""
     m = ref_mask.sum(1, keepdims=True)                         # (B, 1)
@@ -222,7 +222,7 @@ class Estimator(abc.ABC):
 
     name: str
 
-    def __init__(self, kappa0: float = 4.0, var_floor: float = 1e-4):
+    def __init__(self, kappa0: float, var_floor: float):
         if not (kappa0 >= 0):  # also rejects NaN
             raise ValueError(f"kappa0 must be >= 0 (inf allowed), got {kappa0}")
         if not (var_floor > 0):
@@ -244,7 +244,7 @@ class Estimator(abc.ABC):
 
 
 class StaticEstimator(Estimator):
-    """``log F̂_ref`` (METHOD.md §2): ignores the evidence and κ0 — the gradient-decay ablation."""
+    """``log F̂_ref`` (docs/method.md (2.2)): ignores the evidence and κ0 — the gradient-decay ablation."""
 
     name = "static"
 
@@ -254,7 +254,7 @@ class StaticEstimator(Estimator):
 
 
 class DPEstimator(Estimator):
-    """Dirichlet-process posterior mean with base measure ``F̂_ref`` (METHOD.md §3, ``dp``):
+    """Dirichlet-process posterior mean with base measure ``F̂_ref`` (docs/method.md (3.2), ``dp``):
     ``F_post(t) = (κ0·F̂_ref(t) + Σ_i c_i·(1[r_i < t] + ½·1[r_i = t])) / (κ0 + Σ_i c_i)``.
     κ0 = ∞ is the prior alone; κ0 = 0 the evidence's mid-rank CDF (≥ ½/Σc > 0: a reward counts
     half of itself, so log F stays finite)."""
@@ -285,7 +285,7 @@ class NIGPosterior:
 
 def nig_posterior(m0: np.ndarray, s0_sq: np.ndarray, vals: np.ndarray, w: np.ndarray, kappa0: float,
                   var_floor: float) -> NIGPosterior:
-    """Conjugate update of METHOD.md §3 (``nig``), evidence ``vals (B, E)`` with weights ``w (B, E)``:
+    """Conjugate update of docs/method.md (3.1) (``nig``), evidence ``vals (B, E)`` with weights ``w (B, E)``:
     ``α0 = κ0/2 + 1, β0 = (α0-1)·s0²``; ``κn = κ0 + n, μn = (κ0·μ0 + n·r̄)/κn, αn = α0 + n/2,
     βn = β0 + ½·Σ w_i(r_i - r̄)² + κ0·n·(r̄ - μ0)²/(2κn)``, with ``n = Σ w_i`` and ``r̄`` the
     weighted mean (a weight is a fractional observation: the likelihood raised to ``w_i``).
@@ -313,7 +313,7 @@ def nig_posterior(m0: np.ndarray, s0_sq: np.ndarray, vals: np.ndarray, w: np.nda
 
 
 class NIGEstimator(Estimator):
-    """Student-t posterior predictive of the Normal–Inverse-Gamma model (METHOD.md §3, ``nig``):
+    """Student-t posterior predictive of the Normal–Inverse-Gamma model (docs/method.md (3.1), ``nig``):
     ``F_post(t) = StudentT(2αn, μn, sqrt(βn(κn+1)/(αn·κn))).cdf(t)``."""
 
     name = "nig"
@@ -331,7 +331,7 @@ class NIGEstimator(Estimator):
 ESTIMATORS: dict[str, type[Estimator]] = {c.name: c for c in (StaticEstimator, NIGEstimator, DPEstimator)}
 
 
-def make_estimator(name: str, kappa0: float = 4.0, var_floor: float = 1e-4) -> Estimator:
+def make_estimator(name: str, kappa0: float, var_floor: float) -> Estimator:
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
     return ESTIMATORS[name](kappa0=kappa0, var_floor=var_floor)
@@ -344,7 +344,7 @@ def make_estimator(name: str, kappa0: float = 4.0, var_floor: float = 1e-4) -> E
 
 class EvidenceBuffer:
     """Earlier rewards per context, weighted ``γ^age`` with ``age`` = steps since they were seen
-    (METHOD.md §3, "Evidence"). Entries whose weight falls below ``min_weight`` (1e-3) are
+    (docs/method.md §3.1, "Evidence"). Entries whose weight falls below ``min_weight`` (1e-3) are
     dropped for good; ``γ = 0`` keeps nothing. Only strictly earlier steps count as evidence, so
     calling :meth:`evidence` after :meth:`add` in the same step does not count the current group
     twice. With ``γ = 1`` nothing decays and the buffer grows by G rewards per visit."""

@@ -3,22 +3,25 @@
 Each step: draw B contexts (from the train rows that have reference rollouts), sample G lists per
 context from the current policy (constrained, temperature/top-p), score them with the configured
 list reward, build the :class:`RolloutBatch` (policy token log-probs with grad, reference and
-sampling-policy log-probs without), call the method's Objective, clip, step. Methods differ only
-in their Objective, so a comparison differs only in the objective.
+sampling-policy log-probs without — all constrained, docs/method.md (3.9): the distribution the
+lists were drawn from), call the method's Objective, step on its alignment term plus regulariser
+(clipped). Methods differ only in their Objective, so a comparison differs only in the objective.
 
 Every step's diagnostics (the Objective's — weight spread, ESS, saturated fraction, signal std, KL,
-rewards — plus gradient norm and the time split rollout/score/update) go to MLflow and to
+rewards — plus the gradient norms of the whole loss and of the alignment term alone, and the time
+split rollout/score/update) go to MLflow and to
 ``diagnostics.parquet``: the data of the gradient-decay curves. Every ``eval_every`` steps the
 greedy lists of a fixed valid slice are scored; the best valid policy (the SFT start included, so
-alignment that hurts is visible and never selected) is kept in ``best/``. A checkpoint at each
-evaluation makes a killed run resume: contexts and sampling seeds are functions of ``[seed, step]``.
+alignment that hurts is visible and never selected) is kept in ``best/``, and every evaluated policy
+in ``snapshots/step{S:06d}/`` (for test-vs-step curves scored after training; selection never reads
+them). A checkpoint at each evaluation makes a killed run resume: contexts and sampling seeds are
+functions of ``[seed, step]`` (a snapshot written before a kill is rewritten identically).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,51 +30,19 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from blade.align.objective import RolloutBatch, build_objective
+from blade.align.objective import RolloutBatch
+from blade.align.registry import build_objective
 from blade.align.estimators import RefPrior
-from blade.align.rollout import sample_groups
-from blade.config import option
+from blade.align.rollout import check_rollout_reward, sample_groups
+from blade.align.config import AlignConfig, method_objective
 from blade.data.canonical import load_prepared
+from blade.experiment import EvalConfig
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
 from blade.seeding import seed_everything, torch_generator
 from blade.train.checkpoint import load_checkpoint, save_checkpoint
-from blade.train.sft import check_select_metric, selection_slice, valid_metrics
-
-
-@dataclass
-class AlignConfig:
-    steps: int = option(200, help="optimiser steps")
-    contexts_per_step: int = option(32, help="B: contexts per step")
-    group_size: int = option(8, help="G: lists sampled per context per step")
-    k: int = option(10, help="list length K (must equal the rollouts' K)")
-    lr: float = option(3e-4, help="AdamW learning rate")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
-    grad_clip: float = option(1.0, help="max gradient norm")
-    temperature: float = option(1.0, help="rollout sampling temperature")
-    top_p: float = option(1.0, help="rollout nucleus threshold")
-    eval_every: int = option(20, help="steps between valid evaluations (and checkpoints)")
-    valid_rows: int = option(1000, help="valid rows used for model selection (0 = all)")
-    select_metric: str = option("ndcg@10", help="valid metric that picks the best step")
-    batch_size: int = option(512, help="lists per sampler batch")
-
-    def __post_init__(self) -> None:
-        if min(self.steps, self.contexts_per_step, self.group_size, self.k, self.eval_every, self.batch_size) < 1:
-            raise ValueError("steps, contexts_per_step, group_size, k, eval_every and batch_size must be positive")
-        if self.group_size < 2:
-            raise ValueError("group_size must be >= 2: group-relative weights need two rollouts")
-        check_select_metric(self.select_metric, self.k)
-
-
-def method_objective(method: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
-    """Split a `methods:` entry ``{objective: NAME, **options}`` into the name and its options."""
-    from blade.errors import ConfigError
-
-    if not isinstance(method, dict) or "objective" not in method:
-        raise ConfigError(f"{where}: a method needs `objective: NAME` plus that objective's options")
-    options = {k: v for k, v in method.items() if k != "objective"}
-    return method["objective"], options
+from blade.train.selection import selection_slice, valid_metrics
 
 
 def _pad_lists(lists, T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,15 +54,18 @@ def _pad_lists(lists, T: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_dir: str | Path, method: dict[str, Any],
-          cfg: AlignConfig, reward_cfg: RewardConfig, seed: int, tracker=None, device: str | None = None) -> dict:
+          cfg: AlignConfig, reward_cfg: RewardConfig, seed: int, tracker=None, device: str | None = None,
+          evaluation: EvalConfig | None = None) -> dict:
     out = Path(out_dir)
     ckpt, best_dir = out / "checkpoint", out / "best"
     seed_everything(seed)
     items, splits, stats = load_prepared(data_dir)
     train, valid = splits["train"], splits["valid"]
-    valid = selection_slice(valid, cfg.valid_rows)  # the same fixed slice SFT selects on
+    evaluation = evaluation or EvalConfig()
+    valid = selection_slice(valid, evaluation.selection_rows)  # the same fixed slice SFT selects on
     reward = ListReward(reward_cfg, items, train, stats)
     ref_frame = pd.read_parquet(rollouts)
+    check_rollout_reward(ref_frame, reward_cfg, rollouts)
     ref_k = len(ref_frame["items"].iloc[0])
     if ref_k != cfg.k:
         from blade.errors import ConfigError
@@ -99,14 +73,17 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
         raise ConfigError(f"align.k={cfg.k} but the reference rollouts in {rollouts} have K={ref_k}; set rollout.k = align.k")
     prior = RefPrior.from_frame(ref_frame, len(train))
     pool = np.unique(ref_frame["row"].to_numpy())
-    name, options = method_objective(method, "method")
-    objective = build_objective(name, options, prior)
+    name, options, module = method_objective(method, "method")
+    objective = build_objective(name, options, prior, module)
 
-    ref = Policy.load(Path(sft_dir) / "best", device)
-    ref.model.eval()
-    ref.model.requires_grad_(False)
+    stored = ReferenceGroups(ref_frame) if objective.data == "reference" else None
+    ref = _frozen(Policy.load(Path(sft_dir) / "best", device))
     resume = (ckpt / "trainer_state.json").is_file()
     policy = Policy.load(ckpt if resume else Path(sft_dir) / "best", device)
+    # an EMA anchor policy for the methods that ask for one (J-BOND), starting at π_ref
+    anchor = None
+    if objective.anchor_ema is not None:
+        anchor = _frozen(Policy.load(ckpt / "anchor" if resume else Path(sft_dir) / "best", device))
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {"step": 0, "best": -1.0, "best_step": -1, "log": [], "valid": [], "objective": {}}
@@ -115,27 +92,28 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
         objective.load_state_dict(state["objective"])
         print(f"resuming from {ckpt} at step {state['step']}")
     else:  # step 0 = the SFT start: the baseline every later valid score is compared with
-        _evaluate(policy, valid, cfg, state, 0, best_dir, tracker)
+        _evaluate(policy, valid, cfg, evaluation, reward, state, 0, best_dir, tracker)
     histories, targets = train["history"].tolist(), train["target"].to_numpy()
     B = cfg.contexts_per_step
     bar = tqdm(range(state["step"], cfg.steps), desc=f"align {name}", mininterval=5)
     for step in bar:
         rows = np.random.default_rng([seed, step]).choice(pool, size=B, replace=len(pool) < B)
         gen = torch_generator(policy.device, seed, step, 1)
-        row = alignment_step(policy, ref, objective, reward, opt, params, cfg, rows, histories, targets, step, gen)
+        row = alignment_step(policy, ref, objective, reward, opt, params, cfg, rows, histories, targets, step, gen,
+                             stored, anchor)
         state["log"].append(row)
         if tracker:
             tracker.log_metrics({f"align/{k}": v for k, v in row.items() if k != "step"}, step=step + 1)
         state["step"] = step + 1
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
-            _evaluate(policy, valid, cfg, state, state["step"], best_dir, tracker)
+            _evaluate(policy, valid, cfg, evaluation, reward, state, state["step"], best_dir, tracker)
             state["objective"] = objective.state_dict()
-            save_checkpoint(ckpt, policy, opt, state)
+            save_checkpoint(ckpt, policy, opt, state, extras={"anchor": anchor} if anchor is not None else None)
             write_parquet(out / "diagnostics.parquet", pd.DataFrame(state["log"]))
     write_parquet(out / "diagnostics.parquet", pd.DataFrame(state["log"]))
     write_parquet(out / "valid_curve.parquet", pd.DataFrame(state["valid"]))
     write_json(out / "align_config.json", {"align": dataclasses.asdict(cfg), "reward": dataclasses.asdict(reward_cfg),
-                                           "method": method, "seed": seed})
+                                           "evaluate": dataclasses.asdict(evaluation), "method": method, "seed": seed})
     start = state["valid"][0][f"valid/{cfg.select_metric}"]
     return {"best_step": state["best_step"], f"valid/{cfg.select_metric}": state["best"],
             f"valid/{cfg.select_metric}/start": start, "steps": state["step"]}
@@ -143,9 +121,14 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
 
 def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, opt: torch.optim.Optimizer,
                    params: list[torch.Tensor], cfg: AlignConfig, rows: np.ndarray, histories: list[list[int]],
-                   targets: np.ndarray, step: int, gen: torch.Generator) -> dict[str, float]:
-    """One step of the loop; returns its diagnostics with the time split (``seconds/*``)."""
-    B, G = len(rows), cfg.group_size
+                   targets: np.ndarray, step: int, gen: torch.Generator, stored: ReferenceGroups | None = None,
+                   anchor: Policy | None = None) -> dict[str, float]:
+    """One step of the loop; returns its diagnostics with the time split (``seconds/*``).
+
+    The batch's lists are G fresh samples of the current policy per context, or — for an objective
+    with ``data = "reference"`` (offline preference methods) — the context's M stored reference
+    rollouts, already scored under the same reward setting (G = M, sampled by π_ref)."""
+    B = len(rows)
     clock = [time.perf_counter()]
 
     def lap():
@@ -154,49 +137,143 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
         clock.append(time.perf_counter())
         return clock[-1] - clock[-2]
 
-    policy.model.eval()  # rollouts from the deterministic network
-    lists, prompts = sample_groups(policy, [histories[r] for r in rows], cfg.k, G, cfg.temperature, cfg.top_p,
-                                   cfg.batch_size, gen)
-    t_rollout = lap()
-    ctx = np.repeat(rows, G)
-    scores = reward([histories[r] for r in ctx], targets[ctx], lists.items.numpy())
+    if stored is None:
+        G = cfg.group_size
+        policy.model.eval()  # rollouts from the deterministic network
+        lists, prompts = sample_groups(policy, [histories[r] for r in rows], cfg.k, G, cfg.temperature, cfg.top_p,
+                                       cfg.batch_size, gen)
+        t_rollout = lap()
+        ctx = np.repeat(rows, G)
+        scores = reward([histories[r] for r in ctx], targets[ctx], lists.items.numpy())
+        conts = [tok[m].tolist() for tok, m in zip(lists.tokens, lists.mask)]
+        invalid = lists.invalid_rate
+    else:
+        items, scores = stored.lists(rows)                                          # (B, M, K), {name: (B·M,)}
+        G = items.shape[1]
+        prompt_of = [policy.codec.prompt(histories[r], cfg.k) for r in rows]
+        prompts = [p for p in prompt_of for _ in range(G)]
+        conts = [policy.codec.list_tokens(lst) for lst in items.reshape(B * G, -1).tolist()]
+        invalid = 0.0  # sampled by the constrained sampler when the rollouts were made
+        t_rollout = lap()
     t_score = lap()
-    conts = [tok[m].tolist() for tok, m in zip(lists.tokens, lists.mask)]
     policy.model.train()
-    token_logp, mask = policy.token_logprobs(prompts, conts)  # (B·G, T), with grad
+    # constrained log-probs (the sampler's masks replayed), for the policy and π_ref alike
+    token_logp, mask = policy.token_logprobs(prompts, conts, constrained=True)  # (B·G, T), with grad
     with torch.no_grad():
-        ref_logp, _ = ref.token_logprobs(prompts, conts)
+        ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
     T = token_logp.shape[1]
-    old_logp, _ = _pad_lists(lists, T)
+    if stored is None:
+        old_logp = _pad_lists(lists, T)[0].to(policy.device)  # the sampler's constrained log-probs at temperature 1
+    else:
+        old_logp = ref_logp  # the stored lists were sampled by π_ref
     t_forward = lap()
+    anchor_logp = anchor_rewards = None
+    if anchor is not None:
+        anchor_logp, anchor_rewards = _anchor_view(anchor, objective, reward, cfg, rows, histories, targets, prompts,
+                                                   conts, T, gen)
     batch = RolloutBatch(
         rows=rows, rewards=torch.as_tensor(scores["reward"], dtype=torch.float32, device=policy.device).view(B, G),
         token_logp=token_logp.view(B, G, T), ref_token_logp=ref_logp.view(B, G, T),
-        old_token_logp=old_logp.to(policy.device).view(B, G, T), mask=mask.view(B, G, T), step=step)
-    loss, diag = objective(batch)
+        old_token_logp=old_logp.view(B, G, T), mask=mask.view(B, G, T), step=step,
+        anchor_token_logp=None if anchor_logp is None else anchor_logp.view(B, G, T), anchor_rewards=anchor_rewards)
+    align_loss, penalty, diag = objective(batch)
     t_objective = lap()
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    # The alignment term's gradient alone — the regulariser's is a floor that would hide gradient
+    # decay — costs a second backward pass through the shared graph (about +30% per step on CPU), so
+    # it is measured every `grad_norm_every` steps (and at step 1); other steps take one backward.
+    measure = (step + 1) % cfg.grad_norm_every == 0 or step == 0
+    gnorm_align = float("nan")
+    if measure and penalty.requires_grad and align_loss.requires_grad:
+        align_loss.backward(retain_graph=True)
+        gnorm_align = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        penalty.backward()
+    else:
+        total = align_loss + penalty
+        if total.requires_grad:
+            total.backward()
+        if measure:  # no regulariser (or no alignment gradient): the total is the alignment term's
+            gnorm_align = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
     t_backward = lap()
-    gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))  # the total, before clipping
     opt.step()
+    if anchor is not None:
+        _ema_update(anchor, policy, objective.anchor_ema)
     t_opt = lap()
-    return {"step": step + 1, "loss": float(loss.detach()), "grad_norm": gnorm, **diag,
+    return {"step": step + 1, "loss": float((align_loss + penalty).detach()), "loss_align": float(align_loss.detach()),
+            "loss_penalty": float(penalty.detach()), "grad_norm": gnorm, "grad_norm_align": gnorm_align, **diag,
             **{f"reward/{k}": float(v.mean()) for k, v in scores.items() if k != "reward"},
-            "invalid_rate": lists.invalid_rate, "seconds/rollout": t_rollout, "seconds/score": t_score,
+            "invalid_rate": invalid, "seconds/rollout": t_rollout, "seconds/score": t_score,
             "seconds/forward": t_forward, "seconds/objective": t_objective, "seconds/backward": t_backward,
             "seconds/optimizer": t_opt}
 
 
-def _evaluate(policy: Policy, valid: pd.DataFrame, cfg: AlignConfig, state: dict, step: int, best_dir: Path,
-              tracker) -> None:
-    metrics = valid_metrics(policy, valid, cfg.k, cfg.batch_size)
+class ReferenceGroups:
+    """The stored reference rollouts by context: the lists and rewards offline methods train on."""
+
+    def __init__(self, frame: pd.DataFrame):
+        frame = frame.sort_values(["row", "sample"], kind="stable")
+        self.rows = frame["row"].drop_duplicates().to_numpy()
+        m = frame.groupby("row").size()
+        if m.nunique() != 1:
+            from blade.errors import DataError
+
+            raise DataError(f"reference rollouts hold {m.min()}..{m.max()} lists per context; offline methods need "
+                            "the same M for every context (re-run `blade rollout`)")
+        self.m = int(m.iloc[0])
+        self.items = np.stack(frame["items"].to_numpy()).reshape(len(self.rows), self.m, -1)  # (C, M, K)
+        skip = {"row", "sample", "items"}
+        self.scores = {c: frame[c].to_numpy().reshape(len(self.rows), self.m) for c in frame.columns if c not in skip}
+
+    def lists(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        at = np.searchsorted(self.rows, rows)  # every drawn row is in the pool, which these rows are
+        return self.items[at], {name: v[at].reshape(-1) for name, v in self.scores.items()}
+
+
+def _frozen(policy: Policy) -> Policy:
+    policy.model.eval()
+    policy.model.requires_grad_(False)
+    return policy
+
+
+def _anchor_view(anchor: Policy, objective, reward: ListReward, cfg: AlignConfig, rows: np.ndarray,
+                 histories: list[list[int]], targets: np.ndarray, prompts: list[list[int]], conts: list[list[int]],
+                 T: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The anchor's constrained log-probs of the batch's lists (B·G, T) and the rewards of
+    ``objective.anchor_samples`` fresh anchor samples per context (B, Ga) — its BoN quantiles."""
+    with torch.no_grad():
+        logp, _ = anchor.token_logprobs(prompts, conts, constrained=True)
+        logp = torch.nn.functional.pad(logp, (0, T - logp.shape[1]))
+        Ga = objective.anchor_samples
+        if Ga < 1:
+            return logp, None
+        lists, _ = sample_groups(anchor, [histories[r] for r in rows], cfg.k, Ga, cfg.temperature, cfg.top_p,
+                                 cfg.batch_size, gen)
+        ctx = np.repeat(rows, Ga)
+        r = reward([histories[i] for i in ctx], targets[ctx], lists.items.numpy())["reward"]
+    return logp, torch.as_tensor(r, dtype=torch.float32, device=anchor.device).view(len(rows), Ga)
+
+
+def _ema_update(anchor: Policy, policy: Policy, eta: float) -> None:
+    """anchor ← (1 − η)·anchor + η·θ over the trained parameters (J-BOND's moving anchor)."""
+    with torch.no_grad():
+        trained = dict(policy.model.named_parameters())
+        for name, p in anchor.model.named_parameters():
+            if trained[name].requires_grad:
+                p.lerp_(trained[name], eta)
+
+
+def _evaluate(policy: Policy, valid: pd.DataFrame, cfg: AlignConfig, evaluation: EvalConfig, reward: ListReward,
+              state: dict, step: int, best_dir: Path, tracker) -> None:
+    metrics = valid_metrics(policy, valid, cfg.k, evaluation.ks, evaluation.batch_size, reward)
     row = {"step": step, **{f"valid/{k}": v for k, v in metrics.items()}}
     state["valid"].append(row)
     if tracker:
         tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
     score = metrics[cfg.select_metric]
     print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    # every evaluated policy, for test-vs-step curves scored after training (LoRA: the adapter only)
+    policy.save(best_dir.parent / "snapshots" / f"step{step:06d}")
     if score > state["best"]:
         state.update(best=score, best_step=step)
         policy.save(best_dir)

@@ -1,7 +1,7 @@
 """Reference rollouts (`blade rollout`): M lists per training context sampled from π_ref.
 
-They are BLADE's historical prior (the reference reward distribution of every context, METHOD.md
-§3), the static estimators' ``F̂_ref`` and the offline data of the preference baselines (DPO,
+They are BLADE's historical prior (the reference reward distribution of every context, docs/method.md
+§3.1), the static estimators' ``F̂_ref`` and the offline data of the preference baselines (DPO,
 S-DPO, BoNBoN draw their pairs from them). One Parquet row per list:
 ``row`` (train-split row), ``sample`` (0..M-1), ``items`` (list of item ids), ``reward`` (the
 configured weighted reward) and one column per reward component.
@@ -13,8 +13,9 @@ atomically. (The draws depend on ``batch_size``, which splits each chunk into sa
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from blade.config import option
+from blade.align.config import RolloutConfig
 from blade.data.canonical import load_prepared
+from blade.errors import ConfigError
 from blade.io import write_parquet
 from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
@@ -31,23 +33,21 @@ from blade.sampling import ListSampler
 from blade.seeding import seed_everything, torch_generator
 
 
-@dataclass
-class RolloutConfig:
-    m: int = option(16, help="reference lists per training context (METHOD.md M)")
-    k: int = option(10, help="list length K (the same K alignment trains with)")
-    temperature: float = option(1.0, help="sampling temperature of π_ref")
-    top_p: float = option(1.0, help="nucleus sampling threshold")
-    max_contexts: int = option(0, help="train rows that get rollouts (a fixed seeded subset); 0 = all")
-    chunk: int = option(512, help="contexts per seeded chunk (also the restart granularity)")
-    batch_size: int = option(512, help="lists per sampler batch")
+REWARD_ATTR = "blade_reward_config"
 
-    def __post_init__(self) -> None:
-        if self.m < 1 or self.k < 1 or self.chunk < 1 or self.batch_size < 1:
-            raise ValueError("m, k, chunk and batch_size must be positive")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
-        if self.max_contexts < 0:
-            raise ValueError("max_contexts must be >= 0 (0 = all train rows)")
+
+def reward_fingerprint(reward_cfg: RewardConfig) -> str:
+    """The reward configuration as canonical JSON: what a rollouts file was scored with."""
+    return json.dumps(dataclasses.asdict(reward_cfg), sort_keys=True)
+
+
+def check_rollout_reward(frame: pd.DataFrame, reward_cfg: RewardConfig, path: str | Path) -> None:
+    """Refuse reference rollouts scored under another reward configuration than the run's."""
+    stored, wanted = frame.attrs.get(REWARD_ATTR), reward_fingerprint(reward_cfg)
+    if stored != wanted:
+        raise ConfigError(f"{path}: the reference rollouts were scored with reward {stored or '(unrecorded)'} but this "
+                          f"run's reward setting is {wanted}; re-run `blade rollout` with the run's reward setting "
+                          "(the DAG keys rollouts by reward setting: results/rollouts/DATASET/SETTING/…)")
 
 
 def context_rows(n_train: int, max_contexts: int) -> np.ndarray:
@@ -98,6 +98,8 @@ def reference_rollouts(data_dir: str | Path, model_dir: str | Path, out_path: st
             frame[name] = values.astype(np.float64)
         write_parquet(part, frame)
     frame = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob("chunk*.parquet"))], ignore_index=True)
+    # the reward setting travels with the file (Parquet metadata), so alignment can refuse a mismatch
+    frame.attrs = {REWARD_ATTR: reward_fingerprint(reward_cfg)}
     write_parquet(out_path, frame)
     shutil.rmtree(parts, ignore_errors=True)
     per_ctx = frame.groupby("row")["reward"]

@@ -9,7 +9,9 @@ Files written by :func:`blade.data.prepare.prepare` under ``results/data/{datase
   ``history`` (list of item ids, oldest first, at most ``max_history``), ``target`` (item id),
   ``timestamp`` (int64 seconds, null when unknown).
 - ``stats.json``: counts, rows dropped by reason, popularity-group and genre shares of the train
-  split, input-file checksums. Written last: its presence marks a complete dataset.
+  split, input-file checksums, and ``leakage``: how often a valid/test row's target follows its
+  last history item in train sequences, against a shuffled-target baseline
+  (:mod:`blade.data.leakage`). Written last: its presence marks a complete dataset.
 """
 
 from __future__ import annotations

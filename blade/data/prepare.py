@@ -9,6 +9,7 @@ from typing import Any
 
 from blade.config import from_dict
 from blade.data.canonical import SPLITS, DatasetSpec, finalize
+from blade.data.leakage import leakage
 from blade.data.sources import get_source
 from blade.io import write_json, write_parquet
 
@@ -34,6 +35,7 @@ def prepare(spec: dict | DatasetSpec, out_dir: str | Path, where: str = "dataset
     raw = source.load(params, spec, where)
     items, splits, stats = finalize(raw, spec, where)
     stats["spec"]["params"] = dataclasses.asdict(params)
+    stats["leakage"] = leakage(splits)  # is an evaluation row's continuation already in train?
     out = Path(out_dir)
     (out / "stats.json").unlink(missing_ok=True)
     write_parquet(out / "items.parquet", items)

@@ -27,15 +27,10 @@ from transformers import PreTrainedTokenizerFast
 
 from blade.errors import DataError
 from blade.io import write_json
+from blade.model.config import BIGREC_TEMPLATE
 from blade.model.trie import Trie
 
 SPECIALS = ["[PAD]", "[BOS]", "[SEP]", "[EOI]"]
-BIGREC_TEMPLATE = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n### Instruction:\nGiven the items the "
-    "user has interacted with, in order, recommend {k} new items, one per line.\n\n### Input:\n{history}\n\n"
-    "### Response:\n"
-)
 
 
 def unique_titles(items: pd.DataFrame) -> list[str]:

@@ -10,50 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from blade.config import from_dict, option
+from blade.config import from_dict
 from blade.io import write_json
-from blade.model.codec import BIGREC_TEMPLATE, ItemCodec, tiny_tokenizer
-
-
-@dataclass
-class LoraOptions:
-    rank: int = option(8, help="LoRA rank r")
-    alpha: int = option(16, help="LoRA scaling alpha")
-    dropout: float = option(0.05, help="LoRA dropout")
-    targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], help="module names LoRA adapts")
-
-
-@dataclass
-class PolicyConfig:
-    kind: Literal["tiny", "pretrained"] = option("tiny", help="'tiny' (built from this config) or 'pretrained'")
-    codec: Literal["atomic", "title"] = option("atomic", help="item codes: one token per item, or the title")
-    arch: Literal["qwen2", "llama"] = option("qwen2", help="tiny: architecture")
-    layers: int = option(2, help="tiny: transformer layers")
-    hidden: int = option(64, help="tiny: hidden width")
-    heads: int = option(4, help="tiny: attention heads")
-    kv_heads: int = option(2, help="tiny: key/value heads (grouped-query attention)")
-    intermediate: int = option(256, help="tiny: MLP width")
-    max_positions: int = option(1024, help="tiny: longest sequence (prompt + list)")
-    title_vocab_size: int = option(2000, help="tiny + title codec: BPE vocabulary trained on the titles")
-    path: str = option("", help="pretrained: local path or hub id (no download happens in the default job)")
-    dtype: Literal["float32", "bfloat16"] = option("float32", help="weights dtype (bfloat16 on GPU)")
-    lora: LoraOptions | None = option(None, help="pretrained: LoRA options; null = full fine-tuning")
-    template: str = option(BIGREC_TEMPLATE, help="pretrained: prompt template with {history} and {k}")
-    device: str = option("auto", help="'auto' (cuda when available), 'cpu' or 'cuda'")
-
-    def __post_init__(self) -> None:
-        if self.kind == "pretrained" and not self.path:
-            raise ValueError("policy.path is required when policy.kind is 'pretrained'")
-        if self.hidden % self.heads or self.heads % self.kv_heads:
-            raise ValueError("hidden must be divisible by heads, and heads by kv_heads")
+from blade.model.codec import ItemCodec, tiny_tokenizer
+from blade.model.config import LoraOptions, PolicyConfig  # noqa: F401 — re-exported: the policy's config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -141,11 +107,21 @@ class Policy:
         return cls(model.to(resolve_device(config.device)), codec, config)
 
     # ---- scoring -------------------------------------------------------------------------
-    def token_logprobs(self, prompts: list[list[int]], conts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_logprobs(self, prompts: list[list[int]], conts: list[list[int]], constrained: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs of each continuation token given prompt and earlier tokens (with grad).
 
-        Prompts are left-padded, continuations right-padded. Returns (logp (R, T), mask (R, T)).
-        These are the model's own (unconstrained) probabilities, which all objectives use.
+        Prompts are left-padded, continuations right-padded. Returns (logp (R, T), mask (R, T)),
+        logp 0 on padding.
+
+        ``constrained=False``: the model's own softmax over the whole vocabulary — SFT's token NLL
+        (BIGRec's warm-up). ``constrained=True``: each token's softmax renormalised over the tokens
+        the list sampler allows at that position (trie edges leading to items not yet listed), so
+        ``logp.sum(-1)`` is the log-prob of the list under the distribution lists are drawn from,
+        docs/method.md (3.9); every alignment loss, KL and ratio uses it. The continuations must
+        then be lists of distinct items (``codec.list_tokens(items)``), else ValueError. Its cost
+        next to the forward pass: the mask is replayed step by step, one (rows, V) mask at a time,
+        and added to the logits in place — no (R, T, V) tensor beyond the logits themselves.
         """
         pad = self.codec.pad_id
         P, T = max(map(len, prompts)), max(map(len, conts))
@@ -161,8 +137,12 @@ class Policy:
         logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits
         logits = logits[:, :-1].float()  # (R, T, V): position P-1+t predicts continuation token t
         target = ids[:, P:]
-        logp = -F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none").view(R, T)
         mask = attn[:, P:].bool()
+        if constrained:
+            from blade.sampling import mask_list_logits_  # the sampler's own mask (blade.sampling imports this module)
+
+            mask_list_logits_(self, logits, target, mask)
+        logp = -F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none").view(R, T)
         return logp * mask, mask
 
 

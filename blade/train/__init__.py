@@ -1,1 +1,2 @@
-"""Training loops: SFT warm-up (and, later, the one alignment loop every objective runs in)."""
+"""Supervised warm-up (SFT, the reference policy π_ref), its options, checkpoints, and the valid-split
+model selection that SFT and alignment share. The alignment loop lives in :mod:`blade.align.loop`."""

@@ -35,11 +35,16 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(directory: Path, policy, optimizer: torch.optim.Optimizer, trainer_state: dict) -> None:
+def save_checkpoint(directory: Path, policy, optimizer: torch.optim.Optimizer, trainer_state: dict,
+                    extras: dict | None = None) -> None:
+    """Policy, optimizer, RNG and trainer state — and any ``extras`` policies (e.g. an EMA anchor, in
+    ``directory/<name>``) — replace the checkpoint in one rename."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save(tmp)
+    for name, extra in (extras or {}).items():
+        extra.save(tmp / name)
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
     rng = {"torch": torch.get_rng_state()}

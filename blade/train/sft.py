@@ -20,7 +20,6 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,40 +27,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from blade.config import option
 from blade.data.canonical import load_prepared
+from blade.experiment import EvalConfig
 from blade.io import write_json, write_parquet
-from blade.metrics import ndcg_at_k, recall_at_k
 from blade.model.policy import Policy, PolicyConfig
-from blade.sampling import ListSampler
 from blade.seeding import seed_everything
 from blade.train.checkpoint import load_checkpoint, save_checkpoint
-
-
-@dataclass
-class SFTConfig:
-    epochs: int = option(20, help="maximum passes over the train split")
-    batch_size: int = option(128, help="train rows per optimiser step")
-    lr: float = option(3e-3, help="AdamW learning rate (tiny model from scratch; ~1e-4 for LoRA on an LLM)")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
-    warmup_steps: int = option(50, help="linear learning-rate warm-up steps, then cosine decay")
-    grad_clip: float = option(1.0, help="max gradient norm")
-    target_len: int = option(3, help="items in the supervised target list (target + user's next items)")
-    k: int = option(10, help="list length for the valid-split model selection")
-    select_metric: str = option("ndcg@10", help="valid metric that picks the best epoch: recall@K or ndcg@K")
-    valid_rows: int = option(2000, help="valid rows used for model selection (0 = all)")
-    patience: int = option(4, help="stop after this many epochs without a valid improvement")
-    eval_batch_size: int = option(256, help="contexts per sampler batch during selection")
-
-    def __post_init__(self) -> None:
-        check_select_metric(self.select_metric, self.k)
-
-
-def check_select_metric(metric: str, k: int) -> None:
-    """Model selection reads recall@N or ndcg@N of greedy lists of length k (N <= k)."""
-    name, _, n = metric.partition("@")
-    if name not in ("recall", "ndcg") or not n.isdigit() or int(n) > k:
-        raise ValueError(f"select_metric must be recall@N or ndcg@N with N <= k={k}, got {metric!r}")
+from blade.train.config import SFTConfig
+from blade.train.selection import selection_slice, valid_metrics
 
 
 def continuation_lists(train: pd.DataFrame, target_len: int) -> list[list[int]]:
@@ -94,26 +67,6 @@ def continuation_lists(train: pd.DataFrame, target_len: int) -> list[list[int]]:
     return out
 
 
-def selection_slice(valid: pd.DataFrame, n_rows: int) -> pd.DataFrame:
-    """The valid rows model selection reads: all (n_rows 0), or a fixed, seed-independent subset."""
-    if n_rows and len(valid) > n_rows:
-        return valid.iloc[np.random.default_rng(0).permutation(len(valid))[:n_rows]]
-    return valid
-
-
-def valid_metrics(policy: Policy, split: pd.DataFrame, k: int, batch_size: int) -> dict[str, float]:
-    """Greedy lists on (a slice of) a split → mean Recall/NDCG at 5, 10 and k."""
-    policy.model.eval()
-    prompts = [policy.codec.prompt(h, k) for h in split["history"]]
-    lists = ListSampler(policy, k, batch_size=batch_size).generate(prompts, greedy=True)
-    targets = split["target"].to_numpy()
-    out = {"invalid_rate": lists.invalid_rate}
-    for kk in sorted({5, 10, k} & set(range(1, k + 1))):
-        out[f"recall@{kk}"] = float(recall_at_k(lists.items.numpy(), targets, kk).mean())
-        out[f"ndcg@{kk}"] = float(ndcg_at_k(lists.items.numpy(), targets, kk).mean())
-    return out
-
-
 def _lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -121,14 +74,15 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfig, cfg: SFTConfig, seed: int,
-              tracker=None) -> dict:
+              tracker=None, evaluation: EvalConfig | None = None) -> dict:
     """Train, select on valid, write the best policy to ``out_dir`` (resumes from ``out_dir/checkpoint``)."""
     out = Path(out_dir)
     ckpt, best_dir = out / "checkpoint", out / "best"
     seed_everything(seed)
     items, splits, _ = load_prepared(data_dir)
     train, valid = splits["train"], splits["valid"]
-    valid = selection_slice(valid, cfg.valid_rows)
+    evaluation = evaluation or EvalConfig()
+    valid = selection_slice(valid, evaluation.selection_rows)
     policy = Policy.load(ckpt, policy_cfg.device) if (ckpt / "trainer_state.json").is_file() else Policy.build(policy_cfg, items)
     codec = policy.codec
     prompts = [codec.prompt(h, cfg.k) for h in train["history"]]
@@ -163,7 +117,7 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
             if tracker:
                 tracker.log_metrics({"train/loss": loss.item(), "train/grad_norm": float(gnorm),
                                      "train/lr": sched.get_last_lr()[0]}, step=state["step"])
-        metrics = valid_metrics(policy, valid, cfg.k, cfg.eval_batch_size)
+        metrics = valid_metrics(policy, valid, cfg.k, evaluation.ks, evaluation.batch_size)
         score = metrics[cfg.select_metric]
         row = {"epoch": epoch + 1, "step": state["step"], "train_loss": float(np.mean(losses)),
                **{f"valid/{k}": v for k, v in metrics.items()}, "seconds": round(time.perf_counter() - started, 2)}
@@ -179,7 +133,8 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
         state["epoch"] = epoch + 1
         save_checkpoint(ckpt, policy, opt, state)
     write_parquet(out / "train_log.parquet", pd.DataFrame(state["log"]))
-    write_json(out / "sft_config.json", {"sft": dataclasses.asdict(cfg), "policy": dataclasses.asdict(policy_cfg), "seed": seed})
+    write_json(out / "sft_config.json", {"sft": dataclasses.asdict(cfg), "policy": dataclasses.asdict(policy_cfg),
+                                         "evaluate": dataclasses.asdict(evaluation), "seed": seed})
     summary = {"best_epoch": state["best_epoch"], f"valid/{cfg.select_metric}": state["best"], "epochs_run": state["epoch"],
                "stopped_early": state["stale"] >= cfg.patience}
     return summary

@@ -1,5 +1,6 @@
-# Shared helpers: config validation (schema, then the typed options of every component) and the
-# command every rule calls.
+# Shared helpers. The config is checked against the schema (structure), then resolved once into a
+# typed experiment config (blade/experiment.py): every option validated where it is defined, every
+# default filled in. The rules hand its sections to the `blade` commands as JSON.
 import json
 import re
 import os
@@ -7,39 +8,87 @@ import sys
 
 from snakemake.utils import validate
 
-from blade.workflow_config import check_config
+from blade.experiment import NO_REWARD, UNALIGNED_ROWS, resolve
 
 
 validate(config, "../schemas/config.schema.yaml")
-check_config(config)
+EXP = resolve(config)
 
-DATASETS = config["run"]["datasets"]
-SEEDS = config["run"].get("seeds", [0])
-EVAL = config.setdefault("evaluate", {"k": 20, "ks": [5, 10, 20], "splits": ["valid", "test"], "references": ["mostpop", "cooc"]})
-ALIGNED = config["run"].get("methods", [])
-TRAINED_METHODS = ["sft", *ALIGNED]
-# Only configured method names match the align rule (never "sft" or a reference row).
-ALIGNED_PATTERN = "|".join(re.escape(m) for m in ALIGNED) or "(?!)"
+DATASETS = EXP.run.datasets
+SEEDS = EXP.run.seeds
+ALIGNED = EXP.run.methods
+REWARD_SETTINGS = EXP.run.rewards
 SPLITS = ["train", "valid", "test"]
 # The interpreter that runs Snakemake has the suite installed; calling it directly avoids
 # depending on PATH inside job shells.
 BLADE = f"{sys.executable} -m blade.cli"
 
 
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+wildcard_constraints:
+    dataset=r"[^/]+",
+    seed=r"\d+",
+    split="valid|test",
+    reward=_alternatives(REWARD_SETTINGS),
+    method=_alternatives(ALIGNED),
+
+
+def sections_json(*names, **extra):
+    """The named sections of the resolved config (plus extra entries) as one JSON argument."""
+    return json.dumps({**{n: EXP.section(n) for n in names}, **extra}, sort_keys=True, default=str)
+
+
+def reward_section(setting):
+    import dataclasses
+
+    return dataclasses.asdict(EXP.rewards[setting])
+
+
 def dataset_spec(wildcards):
-    return json.dumps(config["datasets"][wildcards.dataset], sort_keys=True)
+    import dataclasses
 
-
-def method_config(method):
-    """The align command's config: the shared loop and reward, plus this method's objective."""
-    return json.dumps({"align": config.get("align"), "reward": config.get("reward"),
-                       "method": config["methods"][method]}, sort_keys=True)
+    return json.dumps(dataclasses.asdict(EXP.datasets[wildcards.dataset]), sort_keys=True)
 
 
 def all_metrics():
-    """Every metrics.json the DAG produces: trained methods per seed, reference rows once."""
-    trained = expand("results/eval/{dataset}/{method}/seed{seed}/{split}/metrics.json",
-                     dataset=DATASETS, method=TRAINED_METHODS, seed=SEEDS, split=EVAL["splits"])
-    refs = expand("results/eval/{dataset}/{method}/seed0/{split}/metrics.json",
-                  dataset=DATASETS, method=EVAL["references"], split=EVAL["splits"])
-    return trained + refs
+    """Every metrics.json the DAG produces: SFT per seed and the reference rows once (reward
+    setting `none`), each aligned method per reward setting and seed."""
+    splits = EXP.evaluate.splits
+    unaligned = expand("results/eval/{dataset}/{reward}/sft/seed{seed}/{split}/metrics.json",
+                       dataset=DATASETS, reward=NO_REWARD, seed=SEEDS, split=splits)
+    refs = expand("results/eval/{dataset}/{reward}/{method}/seed0/{split}/metrics.json",
+                  dataset=DATASETS, reward=NO_REWARD, method=EXP.evaluate.references, split=splits)
+    aligned = expand("results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/metrics.json",
+                     dataset=DATASETS, reward=REWARD_SETTINGS, method=ALIGNED, seed=SEEDS, split=splits)
+    inference = EXP.evaluate.inference_splits
+    sampled = []
+    if EXP.evaluate.samples:  # every trained row's sampled decoding
+        sampled = expand("results/eval/{dataset}/{reward}/sft/seed{seed}/{split}/sample/metrics.json",
+                         dataset=DATASETS, reward=NO_REWARD, seed=SEEDS, split=inference)
+        sampled += expand("results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/sample/metrics.json",
+                          dataset=DATASETS, reward=REWARD_SETTINGS, method=ALIGNED, seed=SEEDS, split=inference)
+    bon = expand("results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/metrics.json", dataset=DATASETS,
+                 reward=REWARD_SETTINGS, method=EXP.evaluate.bon_rows, seed=SEEDS, split=inference)
+    return unaligned + refs + aligned + sampled + bon
+
+
+# a greedy evaluation lands in {split}/, a sampled one in {split}/sample/
+SPLIT_OR_SAMPLED = "(valid|test)(/sample)?"
+
+
+def split_name(wildcards):
+    return os.path.dirname(wildcards.split) or wildcards.split
+
+
+def sample_count(wildcards):
+    return EXP.evaluate.samples if os.path.basename(wildcards.split) == "sample" else 0
+
+
+def trained_model(wildcards):
+    """The summary.json of the policy a row's lists come from: SFT, or an aligned run."""
+    if wildcards.method == "sft":
+        return f"results/models/{wildcards.dataset}/sft/seed{wildcards.seed}/summary.json"
+    return f"results/models/{wildcards.dataset}/{wildcards.reward}/{wildcards.method}/seed{wildcards.seed}/summary.json"

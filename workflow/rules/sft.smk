@@ -6,7 +6,7 @@ rule sft:
         summary="results/models/{dataset}/sft/seed{seed}/summary.json",
     params:
         blade=BLADE,
-        cfg=lambda wildcards: json.dumps({"policy": config.get("policy"), "sft": config.get("sft")}, sort_keys=True),
+        cfg=lambda wildcards: sections_json("policy", "sft", "evaluate"),
         data=lambda wildcards, input: os.path.dirname(input.stats),
         out=lambda wildcards, output: os.path.dirname(output.summary),
     log:

@@ -1,0 +1,383 @@
+"""The paper's claims (docs/method.md §6), decided by the data → ``results/tables/claims.{md,csv}``.
+
+Every verdict is computed by a rule below — never typed by hand. α = 0.05. A claim is judged per
+case (a dataset × reward setting), then overall: **reproduced** if every judged case is reproduced;
+**not reproduced** if no case is reproduced and at least one is not; otherwise **inconclusive**
+(mixed cases, or no case could be judged). "Pure-accuracy settings" are the reward settings whose
+only reward is ``ndcg``: the claims about accuracy (§6.1, 6.4, 6.5, 6.6) are judged there, since a
+list-wise setting trades NDCG for its list metric by design. Metric: NDCG@10 on the test split.
+
+- §6.1 Main table (pure-accuracy settings). Best baseline = the equal-cost baseline (SFT,
+  references, aligned non-BLADE methods: one greedy list per user, no ground truth) with the best
+  mean. Reproduced: BLADE's mean is higher and the Holm-adjusted paired t-test p < α
+  (significance.csv); not reproduced: the best baseline's mean is higher with Holm p < α; else
+  inconclusive.
+- §6.2 List-wise objectives (settings with a fairness or diversity reward; targets as in
+  listwise.py, tested on their per-user variants). Reproduced: every targeted metric is better
+  than SFT's with Holm p < α AND BLADE's NDCG@10 loss vs SFT is at most that of every static
+  method present (BOND, vBoN, ``estimator: static``). Not reproduced: a targeted metric is
+  significantly worse than SFT's, or BLADE loses more NDCG@10 than every static method present.
+  Else inconclusive (also when no static method ran).
+- §6.3 Gradient decay (every setting). fall = 1 − (mean weight spread over the last 10% of
+  steps) / (over the first 10%), on the seed-mean raw diagnostics. Reproduced: BLADE's fall < 10%
+  and some static method's fall ≥ 20%. Not reproduced: BLADE's fall ≥ 20%, or every static
+  method's fall < 10% (no decay to fix). Else inconclusive (also when no static method ran).
+- §6.4 Breaking the static upper bound (pure-accuracy settings). Line = Oracle BoN@N of π_ref
+  (N = BLADE's N), mean over seeds. Reproduced: BLADE's seed-mean snapshot curve ends above the
+  line. Not reproduced: it never rises above the line. Else inconclusive (above at some step, not at
+  the end).
+- §6.5 Cost–quality (pure-accuracy settings). BLADE's single-sample quality (sampled decoding)
+  against BoN@N of π_ref at BLADE's N (the inference-reward BoN, N lists per user), paired t-test
+  on users pooled over seeds. Reproduced: BLADE's mean ≥ BoN@N's. Not reproduced: lower with
+  p < α. Else inconclusive.
+- §6.6 Ablations (pure-accuracy settings; each ``estimator: static`` variant of BLADE). Reproduced:
+  BLADE beats the variant with Holm p < α; not reproduced: the variant beats BLADE with Holm p < α;
+  else inconclusive. κ0, γ, N and G are reported in ablation.md without a verdict: the paper's
+  abstract states no direction for them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.common import (ALPHA, BLADE, EQUAL_COST_ROLES, all_tables, blade_n, collect_metrics, curve_path,
+                             expected_rows, higher_is_better, is_static, list_k, load_experiment, markdown,
+                             missing_note, parser, per_user_name, pooled_per_user, read_diagnostics, run_cli,
+                             write_csv, write_markdown)
+from analysis.listwise import targets
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+STATIC_FALL = 0.20    # a static method's spread must fall at least this much for decay to be shown
+BLADE_FALL = 0.10     # BLADE's spread must fall less than this to count as holding its signal
+EDGE = 0.10           # first and last 10% of steps
+CLAIMS = {"6.1": "Main table: BLADE beats the best baseline", "6.2": "List-wise objectives: the targeted list "
+          "metric improves without more accuracy lost than static BoN alignment", "6.3": "Gradient decay: static "
+          "BoN alignment's signal decays, BLADE's does not", "6.4": "Breaking the static upper bound (Oracle BoN@N "
+          "of π_ref)", "6.5": "Cost–quality: one BLADE sample is as good as BoN@N of π_ref",
+          "6.6": "Ablation: the dynamic estimator beats the static one"}
+
+
+@dataclass
+class Case:
+    claim: str
+    case: str
+    verdict: str
+    evidence: str
+
+
+# ------------------------------------------------------------------------------------- rules
+def compare_verdict(blade_mean: float, other_mean: float, p: float, higher: bool = True) -> str:
+    """BLADE vs one other row on one metric: better/worse with p < α, else inconclusive."""
+    if any(not np.isfinite(v) for v in (blade_mean, other_mean, p)):
+        return INCONCLUSIVE
+    sign = (blade_mean - other_mean) * (1 if higher else -1)
+    if p < ALPHA and sign > 0:
+        return REPRODUCED
+    if p < ALPHA and sign < 0:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def listwise_verdict(target_tests: Sequence[tuple[str, bool]], paid_blade: float, paid_static: Sequence[float]) -> str:
+    """``target_tests``: (better, significant) of BLADE vs SFT per targeted metric (better is
+    "blade", "baseline" or "tie"); ``paid_*``: NDCG@10 lost vs SFT."""
+    paid_static = [p for p in paid_static if np.isfinite(p)]
+    if not target_tests or not np.isfinite(paid_blade):
+        return INCONCLUSIVE
+    if any(better == "baseline" and sig for better, sig in target_tests):
+        return NOT_REPRODUCED
+    if paid_static and paid_blade > max(paid_static):
+        return NOT_REPRODUCED
+    improved = all(better == "blade" and sig for better, sig in target_tests)
+    if improved and paid_static and paid_blade <= min(paid_static):
+        return REPRODUCED
+    return INCONCLUSIVE
+
+
+def fall(series: Sequence[float]) -> float:
+    """1 − mean(last 10%) / mean(first 10%) of a per-step series (NaN if it cannot be measured)."""
+    values = np.asarray(series, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return math.nan
+    n = max(1, math.ceil(EDGE * len(values)))
+    first, last = values[:n].mean(), values[-n:].mean()
+    return math.nan if first <= 0 else float(1 - last / first)
+
+
+def decay_verdict(blade_fall: float, static_falls: Sequence[float]) -> str:
+    static_falls = [f for f in static_falls if np.isfinite(f)]
+    if not np.isfinite(blade_fall):
+        return INCONCLUSIVE
+    if blade_fall >= STATIC_FALL or (static_falls and all(f < BLADE_FALL for f in static_falls)):
+        return NOT_REPRODUCED
+    if blade_fall < BLADE_FALL and any(f >= STATIC_FALL for f in static_falls):
+        return REPRODUCED
+    return INCONCLUSIVE
+
+
+def bound_verdict(curve: Sequence[float], line: float) -> str:
+    """``curve``: BLADE's seed-mean test metric per snapshot step, in step order."""
+    curve = [c for c in curve if np.isfinite(c)]
+    if not curve or not np.isfinite(line):
+        return INCONCLUSIVE
+    if curve[-1] > line:
+        return REPRODUCED
+    if max(curve) <= line:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def cost_verdict(blade_mean: float, bon_mean: float, p: float) -> str:
+    if not (np.isfinite(blade_mean) and np.isfinite(bon_mean)):
+        return INCONCLUSIVE
+    if blade_mean >= bon_mean:
+        return REPRODUCED
+    return NOT_REPRODUCED if np.isfinite(p) and p < ALPHA else INCONCLUSIVE
+
+
+def overall(verdicts: Sequence[str]) -> str:
+    if verdicts and all(v == REPRODUCED for v in verdicts):
+        return REPRODUCED
+    if NOT_REPRODUCED in verdicts and REPRODUCED not in verdicts:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+# ---------------------------------------------------------------------------------- evidence
+def pure_accuracy(exp, setting: str) -> bool:
+    return {n for n, w in exp.rewards[setting].weights.items() if w > 0} == {"ndcg"}
+
+
+def _f(x: float, digits: int = 4) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _p(x: float) -> str:
+    return "—" if not np.isfinite(x) else (f"{x:.2e}" if x < 1e-3 else f"{x:.3f}")
+
+
+def _test(sig: pd.DataFrame, dataset: str, setting: str, other: str, metric: str) -> pd.Series | None:
+    if sig is None or not len(sig):
+        return None
+    hit = sig[(sig["dataset"] == dataset) & (sig["reward_setting"] == setting) & (sig["baseline"] == other)
+              & (sig["metric"] == metric)]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _means(results, exp, dataset, setting, metric, split, missing, sample=False) -> dict[str, float]:
+    rows = expected_rows(exp, dataset, setting, split)
+    per_seed = collect_metrics(results, rows, split, sample, missing)
+    if not len(per_seed) or metric not in per_seed:
+        return {}
+    return per_seed.groupby("method")[metric].mean().to_dict()
+
+
+def main_claim(results, exp, sig, split, missing) -> list[Case]:
+    metric = f"ndcg@{list_k(exp)}"
+    cases = []
+    for dataset, setting in all_tables(exp):
+        if not pure_accuracy(exp, setting):
+            continue
+        means = _means(results, exp, dataset, setting, metric, split, missing)
+        rows = expected_rows(exp, dataset, setting, split, bon_ns=[])
+        pool = {r.method: means[r.method] for r in rows if r.role in EQUAL_COST_ROLES and r.method in means}
+        name = f"{dataset} · {setting}"
+        if BLADE not in means or not pool:
+            cases.append(Case("6.1", name, INCONCLUSIVE, "BLADE or every baseline is missing"))
+            continue
+        best = max(pool, key=pool.get)
+        test = _test(sig, dataset, setting, best, metric)
+        p = float(test["p_ttest_holm"]) if test is not None else math.nan
+        ev = (f"BLADE {_f(means[BLADE])} vs best baseline {best} {_f(pool[best])}; "
+              + (f"diff {test['diff']:+.4f} [95% CI {test['ci_low']:+.4f}, {test['ci_high']:+.4f}], "
+                 f"d_z {test['d_z']:.3f}, Holm p {_p(p)}" if test is not None else "no test in significance.csv"))
+        cases.append(Case("6.1", name, compare_verdict(means[BLADE], pool[best], p), ev))
+    return cases
+
+
+def listwise_claim(results, exp, sig, split, missing) -> list[Case]:
+    k = list_k(exp)
+    accuracy = f"ndcg@{k}"
+    cases = []
+    for dataset, setting in all_tables(exp):
+        if pure_accuracy(exp, setting):
+            continue
+        means = _means(results, exp, dataset, setting, accuracy, split, missing)
+        name = f"{dataset} · {setting}"
+        if BLADE not in means or "sft" not in means:
+            cases.append(Case("6.2", name, INCONCLUSIVE, "BLADE or SFT is missing"))
+            continue
+        tests, parts = [], []
+        for target in targets(exp, setting, k):
+            test = _test(sig, dataset, setting, "sft", per_user_name(target))
+            if test is None:
+                parts.append(f"{target}: no test")
+                continue
+            tests.append((test["better"], bool(test["significant"])))
+            parts.append(f"{per_user_name(target)} BLADE {_f(test['blade_mean'])} vs SFT {_f(test['baseline_mean'])} "
+                         f"({'lower' if not higher_is_better(target) else 'higher'} is better; Holm p "
+                         f"{_p(test['p_ttest_holm'])})")
+        paid = {m: means["sft"] - v for m, v in means.items()}
+        statics = {m: paid[m] for m in exp.run.methods if is_static(m, exp) and m in paid}
+        parts.append(f"NDCG@{k} lost vs SFT: BLADE {_f(paid[BLADE])}; static "
+                     + (", ".join(f"{m} {_f(v)}" for m, v in statics.items()) or "none ran"))
+        cases.append(Case("6.2", name, listwise_verdict(tests, paid[BLADE], list(statics.values())), "; ".join(parts)))
+    return cases
+
+
+def decay_claim(results, exp, missing) -> list[Case]:
+    cases = []
+    for dataset, setting in all_tables(exp):
+        rows = {r.method: r for r in expected_rows(exp, dataset, setting, bon_ns=[])}
+        falls = {}
+        for method in [m for m in exp.run.methods if m == BLADE or is_static(m, exp)]:
+            diag = read_diagnostics(results, rows[method], missing)
+            if "weight_spread" in diag and len(diag):
+                falls[method] = fall(diag.groupby("step")["weight_spread"].mean().sort_index().to_numpy())
+        static = {m: f for m, f in falls.items() if m != BLADE}
+        ev = f"weight-spread fall, first→last 10% of steps: BLADE {_pct(falls.get(BLADE))}; static " + (
+            ", ".join(f"{m} {_pct(f)}" for m, f in static.items()) or "none ran")
+        cases.append(Case("6.3", f"{dataset} · {setting}", decay_verdict(falls.get(BLADE, math.nan),
+                                                                         list(static.values())), ev))
+    return cases
+
+
+def _pct(x) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def bound_claim(results, exp, split, missing) -> list[Case]:
+    metric = f"ndcg@{list_k(exp)}"
+    oracle = f"oracle_bon_n{blade_n(exp)}"
+    cases = []
+    for dataset, setting in all_tables(exp):
+        if not pure_accuracy(exp, setting):
+            continue
+        line = _means(results, exp, dataset, setting, metric, split, missing).get(oracle, math.nan)
+        row = next((r for r in expected_rows(exp, dataset, setting, bon_ns=[]) if r.method == BLADE), None)
+        curves = []
+        for seed in row.seeds if row else ():
+            path = curve_path(results, row, seed)
+            if path.is_file():
+                curves.append(pd.read_parquet(path)[["step", metric]])
+            else:
+                missing.append(row.label(seed) + "/curve")
+        curve = pd.concat(curves).groupby("step")[metric].mean().sort_index() if curves else pd.Series(dtype=float)
+        ev = (f"{oracle} {_f(line)}; BLADE test {metric} by step: "
+              + (", ".join(f"{s}: {_f(v)}" for s, v in curve.items()) or "no curve"))
+        cases.append(Case("6.4", f"{dataset} · {setting}", bound_verdict(curve.tolist(), line), ev))
+    return cases
+
+
+def cost_claim(results, exp, split, missing) -> list[Case]:
+    from analysis.significance import paired_tests
+
+    metric = f"ndcg@{list_k(exp)}"
+    n = blade_n(exp)
+    cases = []
+    for dataset, setting in all_tables(exp):
+        if not pure_accuracy(exp, setting):
+            continue
+        rows = {r.method: r for r in expected_rows(exp, dataset, setting, split)}
+        name = f"{dataset} · {setting}"
+        if not (exp.evaluate.samples and split in exp.evaluate.inference_splits):
+            cases.append(Case("6.5", name, INCONCLUSIVE, f"no sampled decoding on {split} (evaluate.samples, "
+                                                         "evaluate.inference_splits)"))
+            continue
+        if BLADE not in rows or f"bon_n{n}" not in rows:
+            cases.append(Case("6.5", name, INCONCLUSIVE, f"no BLADE row or no BoN@{n} row on {split}"))
+            continue
+        blade, _ = pooled_per_user(results, rows[BLADE], split, sample=True, missing=missing)
+        bon, _ = pooled_per_user(results, rows[f"bon_n{n}"], split, missing=missing)
+        if blade is None or bon is None or metric not in blade or metric not in bon:
+            cases.append(Case("6.5", name, INCONCLUSIVE, "BLADE's sampled decoding or the BoN row is missing"))
+            continue
+        test = paired_tests(blade, bon, [metric]).iloc[0]
+        curve = _means(results, exp, dataset, setting, metric, split, missing)
+        matched = [m for m in exp.evaluate.bon_n if curve.get(f"bon_n{m}", math.inf) <= test["blade_mean"]]
+        ev = (f"BLADE one sample {_f(test['blade_mean'])} vs BoN@{n} {_f(test['baseline_mean'])} "
+              f"(diff {test['diff']:+.4f}, p {_p(test['p_ttest'])}); BoN@N curve: "
+              + ", ".join(f"N={m} {_f(curve.get(f'bon_n{m}', math.nan))}" for m in exp.evaluate.bon_n)
+              + f"; one BLADE sample matches BoN@N up to N = {max(matched) if matched else 'none'}")
+        cases.append(Case("6.5", name, cost_verdict(test["blade_mean"], test["baseline_mean"], test["p_ttest"]), ev))
+    return cases
+
+
+def ablation_claim(results, exp, sig, split, missing) -> list[Case]:
+    metric = f"ndcg@{list_k(exp)}"
+    variants = [m for m in exp.run.methods if m != BLADE and exp.methods[m].get("objective") == "blade"
+                and exp.methods[m].get("estimator") == "static"]
+    cases = []
+    for dataset, setting in all_tables(exp):
+        if not pure_accuracy(exp, setting):
+            continue
+        for variant in variants:
+            test = _test(sig, dataset, setting, variant, metric)
+            name = f"{dataset} · {setting} · vs {variant}"
+            if test is None:
+                cases.append(Case("6.6", name, INCONCLUSIVE, "no test in significance.csv (a run is missing)"))
+                continue
+            ev = (f"BLADE {_f(test['blade_mean'])} vs {variant} {_f(test['baseline_mean'])}, "
+                  f"d_z {test['d_z']:.3f}, Holm p {_p(test['p_ttest_holm'])}")
+            cases.append(Case("6.6", name, compare_verdict(test["blade_mean"], test["baseline_mean"],
+                                                           test["p_ttest_holm"]), ev))
+    return cases
+
+
+def claims(results, exp, sig: pd.DataFrame | None, split: str = "test") -> tuple[list[Case], list[str]]:
+    missing: list[str] = []
+    cases = (main_claim(results, exp, sig, split, missing) + listwise_claim(results, exp, sig, split, missing)
+             + decay_claim(results, exp, missing) + bound_claim(results, exp, split, missing)
+             + cost_claim(results, exp, split, missing) + ablation_claim(results, exp, sig, split, missing))
+    return cases, sorted(set(missing))
+
+
+def verdicts(cases: Sequence[Case]) -> dict[str, str]:
+    """Overall verdict per claim (every claim listed, inconclusive where no case was judged)."""
+    return {c: overall([x.verdict for x in cases if x.claim == c]) for c in CLAIMS}
+
+
+def to_markdown(cases: Sequence[Case], missing: Sequence[str]) -> str:
+    rules = __doc__.split("\n\n", 1)[1].strip()
+    out = ["# The paper's claims, as this run's data decide them\n",
+           markdown(["claim", "what", "verdict"],
+                    [[f"§{c}", CLAIMS[c], f"**{v}**"] for c, v in verdicts(cases).items()]),
+           ""]
+    for claim, title in CLAIMS.items():
+        mine = [c for c in cases if c.claim == claim]
+        out.append(f"## §{claim} {title} — {overall([c.verdict for c in mine])}\n")
+        if mine:
+            out.append(markdown(["case", "verdict", "evidence"], [[c.case, c.verdict, c.evidence] for c in mine]))
+        else:
+            out.append("No case to judge (no run of the kind this claim needs is in the config).\n")
+    out += ["## Missing runs\n", missing_note(missing), "", "## Rules (analysis/claims.py)\n", rules, ""]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--significance", default="results/tables/significance.csv", help="significance.csv to read")
+    p.add_argument("--out", default="results/tables/claims", help="output stem: writes STEM.md and STEM.csv")
+    args = p.parse_args(argv)
+    exp = load_experiment(args)
+    if not Path(args.significance).is_file():
+        from blade.errors import DataError
+
+        raise DataError(f"--significance {args.significance}: no such file; "
+                        "run `python -m analysis.significance` first")
+    cases, missing = claims(args.results, exp, pd.read_csv(args.significance), args.split)
+    write_markdown(f"{args.out}.md", to_markdown(cases, missing))
+    write_csv(f"{args.out}.csv", pd.DataFrame([c.__dict__ for c in cases], columns=["claim", "case", "verdict",
+                                                                                     "evidence"]))
+    print(" ".join(f"§{c}: {v};" for c, v in verdicts(cases).items()) + f" {missing_note(missing)}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,51 @@
+"""Small pieces the baseline objectives share: the list log-ratio ``h``, the zero penalty of
+methods without a KL term, a per-context seeded generator for the offline methods' random picks,
+and the reward diagnostics every method logs. Not a method (registers nothing).
+
+torch is imported lazily (:mod:`blade.lazy`): validating a method's config must not import it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from blade.align.objective import RolloutBatch
+from blade.lazy import torch
+
+
+def list_log_ratio(batch: RolloutBatch) -> torch.Tensor:
+    """``h = log π_θ(y|x) − log π_ref(y|x)`` of every list (docs/method.md (3.9): constrained
+    log-probs summed over the list's tokens). (B, G), grad through ``token_logp``."""
+    return ((batch.token_logp - batch.ref_token_logp) * batch.mask).sum(-1)
+
+
+def zero_penalty(like: torch.Tensor) -> torch.Tensor:
+    """The penalty term of a method that has none: a 0-dim zero on ``like``'s device and dtype."""
+    return torch.zeros((), dtype=like.dtype, device=like.device)
+
+
+def masked_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the entries where ``keep`` holds; an exact 0 (still in the graph, so
+    ``backward`` works) when none does — a batch of all-tied contexts carries no preference."""
+    keep = keep.to(x.dtype)
+    return (x * keep).sum() / keep.sum().clamp(min=1.0)
+
+
+def context_rng(step: int, row: int, salt: int) -> np.random.Generator:
+    """A generator for one context's random choices at one step (``salt`` tells the methods
+    apart): the same batch gives the same picks, so a resumed run replays them."""
+    return np.random.default_rng([int(salt), int(step), int(row)])
+
+
+def reward_diagnostics(rewards: np.ndarray) -> dict[str, float]:
+    """``reward_mean`` (all lists), ``reward_bon_group`` (mean over contexts of each group's best
+    reward: the batch's BoN@G) and ``tied_frac`` (share of contexts whose rewards all tie).
+    rewards (B, G)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return {"reward_mean": float(r.mean()), "reward_bon_group": float(r.max(1).mean()),
+            "tied_frac": float((r == r[:, :1]).all(1).mean())}
+
+
+def rewards_np(batch: RolloutBatch) -> np.ndarray:
+    """The batch's rewards as float64 numpy (B, G)."""
+    return batch.rewards.detach().cpu().double().numpy()

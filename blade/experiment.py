@@ -1,0 +1,152 @@
+"""One typed, validated experiment configuration, resolved once per DAG.
+
+The Snakefile's config (``config/config.yaml`` plus any ``--configfile``) is checked against the
+JSON schema for structure, then :func:`resolve` turns it into an :class:`ExperimentConfig`: every
+section a typed dataclass with its defaults filled in, every method's options validated by its
+objective's config class, and the cross-references checked (datasets, reward settings and methods
+named under ``run`` exist; rollout and alignment lists have the same K). The rules pass the
+resolved sections to the ``blade`` commands, so each option's default is written once — in the
+dataclass that defines and validates it.
+
+Nothing here imports torch or transformers: a dry run costs what Snakemake costs. (Objective
+modules import torch lazily, see :mod:`blade.lazy`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from blade.align.config import AlignConfig, RolloutConfig, method_objective
+from blade.config import from_dict, option
+from blade.data.canonical import DatasetSpec
+from blade.errors import ConfigError
+from blade.model.config import PolicyConfig
+from blade.rewards import RewardConfig
+from blade.train.config import SFTConfig
+
+# Rows of the tables that no alignment method produces: the SFT start and the classic references.
+REFERENCE_ROWS = ("mostpop", "cooc")
+UNALIGNED_ROWS = ("sft", *REFERENCE_ROWS)
+# Best-of-N over π_ref at inference: by the inference reward, and by the ground truth (the oracle)
+BON_KINDS = ("bon", "oracle_bon")
+# The reward-setting directory of rows trained under no reward setting (SFT and the references).
+NO_REWARD = "none"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.\-]*$")
+
+
+@dataclass
+class RunConfig:
+    datasets: list[str] = option(help="names of entries under `datasets` to run")
+    seeds: list[int] = option([0], help="one run per seed for every stochastic stage")
+    methods: list[str] = option([], help="names of entries under `methods` to align (SFT and the reference rows "
+                                        "always run)")
+    rewards: list[str] = option(["ndcg"], help="names of entries under `rewards` (reward settings); every method is "
+                                              "trained under each")
+
+    def __post_init__(self) -> None:
+        for key in ("datasets", "seeds", "rewards"):
+            if not getattr(self, key):
+                raise ValueError(f"{key} must name at least one entry")
+        if any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be >= 0, got {self.seeds}")
+
+
+@dataclass
+class EvalConfig:
+    k: int = option(20, help="length of the evaluated lists")
+    ks: list[int] = option([5, 10, 20], help="metric cut-offs (each <= k); model selection reads the same cut-offs")
+    splits: list[Literal["valid", "test"]] = option(["valid", "test"], help="splits to evaluate after training")
+    references: list[Literal["mostpop", "cooc"]] = option(["mostpop", "cooc"], help="classic reference rows")
+    selection_rows: int = option(1000, help="valid rows model selection reads, SFT and alignment alike (a fixed "
+                                            "seed-independent slice; 0 = all)")
+    batch_size: int = option(256, help="contexts per sampler batch when decoding for evaluation and selection")
+    samples: int = option(4, help="sampled evaluation: S independent lists per row at temperature 1, metrics averaged "
+                                  "(BoN alignment promises single-sample quality); 0 = greedy only")
+    bon_n: list[int] = option([1, 2, 4, 8, 16], help="Best-of-N rows over π_ref: `bon_n{N}` (inference reward) and "
+                                                     "`oracle_bon_n{N}` (ground truth) for each N; [] = none")
+    inference_splits: list[Literal["valid", "test"]] = option(
+        ["test"], help="splits that get the sampled evaluation and the Best-of-N rows")
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or any(not 1 <= k <= self.k for k in self.ks) or not self.ks:
+            raise ValueError(f"every cut-off in ks must lie in 1..k={self.k}, got {self.ks}")
+        if self.selection_rows < 0 or self.batch_size < 1 or self.samples < 0:
+            raise ValueError("selection_rows and samples must be >= 0 and batch_size >= 1")
+        if any(n < 1 for n in self.bon_n) or len(set(self.bon_n)) != len(self.bon_n):
+            raise ValueError(f"bon_n must hold distinct N >= 1, got {self.bon_n}")
+
+    @property
+    def bon_rows(self) -> list[str]:
+        """The Best-of-N row names: ``bon_n{N}`` and ``oracle_bon_n{N}``."""
+        return [f"{kind}_n{n}" for kind in BON_KINDS for n in self.bon_n]
+
+
+@dataclass
+class ExperimentConfig:
+    run: RunConfig = option(help="what the DAG runs")
+    datasets: dict[str, DatasetSpec] = option(help="every dataset the workflow knows")
+    policy: PolicyConfig = option(default_factory=PolicyConfig, help="the list policy (`blade options policy`)")
+    sft: SFTConfig = option(default_factory=SFTConfig, help="the supervised warm-up (`blade options sft`)")
+    evaluate: EvalConfig = option(default_factory=EvalConfig, help="evaluation and model selection (`blade options evaluate`)")
+    rewards: dict[str, RewardConfig] = option(default_factory=lambda: {"ndcg": RewardConfig()},
+                                              help="named reward settings (`blade options reward`)")
+    rollout: RolloutConfig = option(default_factory=RolloutConfig, help="reference rollouts (`blade options rollout`)")
+    align: AlignConfig = option(default_factory=AlignConfig, help="the shared alignment loop (`blade options align`)")
+    methods: dict[str, dict[str, Any]] = option({}, help="aligned methods: `objective: NAME` plus its options")
+
+    def method(self, name: str) -> dict[str, Any]:
+        return self.methods[name]
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A section as plain data (defaults filled): what the rules hand to the ``blade`` commands."""
+        return dataclasses.asdict(getattr(self, name))
+
+
+_SECTIONS = {"policy": PolicyConfig, "sft": SFTConfig, "evaluate": EvalConfig, "rollout": RolloutConfig,
+             "align": AlignConfig}
+
+
+def resolve(config: dict[str, Any]) -> ExperimentConfig:
+    """Validate a whole workflow config and fill every default; raises :class:`ConfigError` naming the key."""
+    if not isinstance(config, dict):
+        raise ConfigError("the config must be a mapping of sections")
+    exp = from_dict(ExperimentConfig, config, "")
+    _check_names(exp)
+    for name, spec in exp.datasets.items():
+        from blade.data.prepare import resolve_spec
+
+        resolve_spec(spec, where=f"datasets.{name}")
+    if exp.rollout.k != exp.align.k:
+        raise ConfigError(f"rollout.k={exp.rollout.k} and align.k={exp.align.k} differ; the prior must describe the "
+                          "lists alignment samples, so set them equal")
+    exp.methods = {name: resolve_method(entry, f"methods.{name}") for name, entry in exp.methods.items()}
+    return exp
+
+
+def resolve_method(entry: Any, where: str) -> dict[str, Any]:
+    """``{objective: NAME, **options}`` with every option of the objective's config filled in."""
+    from blade.align.registry import objective_config
+
+    name, options, module = method_objective(entry, where)
+    cfg = objective_config(name, options, where, module)
+    head = {"objective": name, **({"module": module} if module else {})}
+    return {**head, **(dataclasses.asdict(cfg) if cfg is not None else {})}
+
+
+def _check_names(exp: ExperimentConfig) -> None:
+    if NO_REWARD in exp.rewards:
+        raise ConfigError(f"rewards.{NO_REWARD}: reserved (it names the rows trained under no reward setting)")
+    for key, defined in (("datasets", exp.datasets), ("methods", exp.methods), ("rewards", exp.rewards)):
+        for name in getattr(exp.run, key):
+            if name not in defined:
+                raise ConfigError(f"run.{key} names '{name}', which is not defined under {key}: {sorted(defined)}")
+        for name in defined:
+            if not _NAME.match(name):
+                raise ConfigError(f"{key}.{name}: a name may hold letters, digits and _ + . - (it names directories)")
+    for name in exp.run.methods:
+        if name in UNALIGNED_ROWS or re.match(r"^(oracle_)?bon_n\d+$", name):
+            raise ConfigError(f"run.methods: '{name}' is a reserved row name (SFT, a reference or a Best-of-N row); "
+                              "rename the method")

@@ -1,0 +1,108 @@
+"""The pipeline's stages as the ``blade`` commands run them: resolve the stage's config sections,
+open its MLflow run, do the work, log the final numbers and artifacts, write ``summary.json``.
+
+:func:`run_stage` is the one place that does "resolve, track, summarise"; each stage function
+below only says what its work is. The CLI (:mod:`blade.cli`) parses arguments and calls these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from blade.config import from_dict
+from blade.io import write_json
+
+
+def sections(raw: Mapping[str, Any], **classes: type) -> dict[str, Any]:
+    """Each named section of ``raw`` as its typed, validated config (defaults for missing ones)."""
+    return {name: from_dict(cls, raw.get(name), name) for name, cls in classes.items()}
+
+
+def run_stage(stage: str, dataset: str, method: str, seed: int, resolved: Mapping[str, Any],
+              work: Callable[[Any], dict], summary_path: str | Path, run_dir: str | Path | None = None,
+              reward: str | None = None, artifacts: tuple[str | Path, ...] = ()) -> dict:
+    """Track ``work(tracker) -> summary`` as one MLflow run and write its summary atomically."""
+    from blade.tracking import track
+
+    with track(stage, dataset, method, seed, resolved, run_dir=run_dir, reward=reward) as tracker:
+        summary = work(tracker)
+        tracker.log_final({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for path in artifacts:
+            if Path(path).is_file():
+                tracker.log_artifact(str(path))
+            elif Path(path).is_dir():
+                tracker.log_artifacts(str(path))
+    write_json(summary_path, summary)
+    return summary
+
+
+def _plain(cfgs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: dataclasses.asdict(v) for k, v in cfgs.items()}
+
+
+def sft(raw: Mapping[str, Any], data: str, out: str, seed: int, dataset: str) -> dict:
+    from blade.experiment import EvalConfig
+    from blade.model.config import PolicyConfig
+    from blade.train.config import SFTConfig
+    from blade.train.sft import train_sft
+
+    cfg = sections(raw, policy=PolicyConfig, sft=SFTConfig, evaluate=EvalConfig)
+    resolved = {**_plain(cfg), "seed": seed, "data": data}
+    return run_stage("sft", dataset, "sft", seed, resolved, summary_path=f"{out}/summary.json", run_dir=out,
+                     work=lambda t: train_sft(data, out, cfg["policy"], cfg["sft"], seed, t, cfg["evaluate"]),
+                     artifacts=(f"{out}/train_log.parquet",))
+
+
+def rollout(raw: Mapping[str, Any], data: str, model: str, out: str, seed: int, dataset: str,
+            reward_name: str | None, device: str | None) -> dict:
+    from blade.align.config import RolloutConfig
+    from blade.align.rollout import reference_rollouts
+    from blade.rewards import RewardConfig
+
+    cfg = sections(raw, rollout=RolloutConfig, reward=RewardConfig)
+    resolved = {**_plain(cfg), "seed": seed, "data": data, "model": model, "reward_setting": reward_name}
+    return run_stage("rollout", dataset, "ref", seed, resolved, summary_path=f"{out}.summary.json", reward=reward_name,
+                     work=lambda t: reference_rollouts(data, model, out, cfg["rollout"], cfg["reward"], seed, device))
+
+
+def align(raw: Mapping[str, Any], data: str, sft_dir: str, rollouts: str, out: str, seed: int, dataset: str,
+          method: str, reward_name: str | None, device: str | None) -> dict:
+    from blade.align.config import AlignConfig
+    from blade.align.loop import align as align_loop
+    from blade.errors import ConfigError
+    from blade.experiment import EvalConfig, resolve_method
+    from blade.rewards import RewardConfig
+
+    cfg = sections(raw, align=AlignConfig, reward=RewardConfig, evaluate=EvalConfig)
+    if "method" not in raw:
+        raise ConfigError('--config-json: needs "method": {"objective": NAME, ...options}')
+    entry = resolve_method(raw["method"], "method")
+    resolved = {**_plain(cfg), "method": entry, "seed": seed, "data": data, "sft": sft_dir, "rollouts": rollouts,
+                "reward_setting": reward_name}
+    return run_stage("align", dataset, method, seed, resolved, summary_path=f"{out}/summary.json", run_dir=out,
+                     reward=reward_name,
+                     work=lambda t: align_loop(data, sft_dir, rollouts, out, entry, cfg["align"], cfg["reward"], seed,
+                                               t, device, cfg["evaluate"]),
+                     artifacts=(f"{out}/diagnostics.parquet", f"{out}/valid_curve.parquet"))
+
+
+def evaluate(recs: str, data: str, split: str, out: str, ks: list[int], dataset: str, method: str, seed: int,
+             reward_name: str | None) -> dict:
+    import json
+
+    from blade.evaluation import evaluate as evaluate_recs
+
+    resolved = {"recs": recs, "data": data, "split": split, "ks": list(ks), "reward_setting": reward_name}
+    cost_file = Path(recs).with_name("cost.json")
+
+    def work(tracker) -> dict:
+        summary = evaluate_recs(recs, data, split, out, ks)
+        if cost_file.is_file():  # what the lists cost at inference (policy rows only)
+            summary.update({f"cost/{k}": v for k, v in json.loads(cost_file.read_text()).items()})
+        return summary
+
+    return run_stage(f"evaluate_{split}", dataset, method, seed, resolved, summary_path=f"{out}/metrics.json",
+                     run_dir=out, reward=reward_name, work=work, artifacts=(out,))
