@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None, help="list length (default: evaluate.k)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a saved policy directory (greedy constrained decoding)")
-    src.add_argument("--reference", choices=["mostpop", "cooc"], help="a classic reference recommender")
+    src.add_argument("--reference", choices=["mostpop", "cooc", "sasrec"], help="a reference recommender")
     p.add_argument("--device", default=None, help="override the policy's device")
     p.add_argument("--batch-size", type=int, default=None, help="contexts per sampler batch (default: evaluate.batch_size)")
     p.add_argument("--samples", type=int, default=0, help="sampled decoding: lists per row (0 = greedy)")

@@ -15,3 +15,7 @@ class ConfigError(BladeError, ValueError):
 
 class DataError(BladeError, ValueError):
     """An input data file is missing or malformed."""
+
+
+class TrainingError(BladeError, RuntimeError):
+    """Training diverged (e.g. a non-finite loss): the run stops with the step and what to try."""

@@ -28,7 +28,7 @@ from blade.rewards import RewardConfig
 from blade.train.config import SFTConfig
 
 # Rows of the tables that no alignment method produces: the SFT start and the classic references.
-REFERENCE_ROWS = ("mostpop", "cooc")
+REFERENCE_ROWS = ("mostpop", "cooc", "sasrec")
 UNALIGNED_ROWS = ("sft", *REFERENCE_ROWS)
 # Best-of-N over π_ref at inference: by the inference reward, and by the ground truth (the oracle)
 BON_KINDS = ("bon", "oracle_bon")
@@ -59,7 +59,8 @@ class EvalConfig:
     k: int = option(20, help="length of the evaluated lists")
     ks: list[int] = option([5, 10, 20], help="metric cut-offs (each <= k); model selection reads the same cut-offs")
     splits: list[Literal["valid", "test"]] = option(["valid", "test"], help="splits to evaluate after training")
-    references: list[Literal["mostpop", "cooc"]] = option(["mostpop", "cooc"], help="classic reference rows")
+    references: list[Literal["mostpop", "cooc", "sasrec"]] = option(
+        ["mostpop", "cooc"], help="reference rows: most popular, item co-occurrence, SASRec (blade/sasrec.py)")
     selection_rows: int = option(1000, help="valid rows model selection reads, SFT and alignment alike (a fixed "
                                             "seed-independent slice; 0 = all)")
     batch_size: int = option(256, help="contexts per sampler batch when decoding for evaluation and selection")

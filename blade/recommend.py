@@ -8,7 +8,8 @@
   the train-only ``relevance`` model: the target is unknown at inference), ``oracle_bon`` by the
   setting's own reward with the ground truth — the static upper bound of BoN alignment. One draw of
   ``max(ns)`` lists serves every N (the first N of them), so the BoN curve over N is nested;
-- a classic reference row (most popular, item co-occurrence) fitted on train only.
+- a classic reference row (most popular, item co-occurrence, SASRec) fitted on train only (SASRec
+  early-stops on valid).
 
 Each policy-based file gets a ``cost.json`` beside it: samples drawn, tokens decoded and seconds of
 decoding and scoring per row (for BoN@N: the shared draw's time scaled by N / max N).
@@ -29,8 +30,9 @@ from blade.io import write_json
 from blade.experiment import REFERENCE_ROWS
 
 
-def reference_lists(name: str, data_dir: str | Path, split: str, k: int) -> np.ndarray:
-    """(rows, k) item ids of the reference recommender ``name`` (one of REFERENCE_ROWS)."""
+def reference_lists(name: str, data_dir: str | Path, split: str, k: int, seed: int = 0) -> np.ndarray:
+    """(rows, k) item ids of the reference recommender ``name`` (one of REFERENCE_ROWS); ``seed``
+    seeds the trained one (sasrec: fitted on train, early-stopped on valid, blade/sasrec.py)."""
     from blade.reference import CoOccurrence, most_popular
 
     items, splits, _ = load_prepared(data_dir)
@@ -39,6 +41,10 @@ def reference_lists(name: str, data_dir: str | Path, split: str, k: int) -> np.n
         return np.asarray(most_popular(splits["train"], ids, len(frame), k))
     if name == "cooc":
         return np.asarray(CoOccurrence(splits["train"], ids).recommend(frame["history"].tolist(), k))
+    if name == "sasrec":
+        from blade.sasrec import sasrec_lists
+
+        return sasrec_lists(splits["train"], splits["valid"], frame, ids, k, seed)
     raise ConfigError(f"reference: unknown row {name!r}; choose one of {list(REFERENCE_ROWS)}")
 
 
@@ -58,7 +64,9 @@ def policy_lists(model_dir: str | Path, data_dir: str | Path, split: str, k: int
 
 def _load(model_dir: str | Path, data_dir: str | Path, split: str, k: int, device: str | None):
     from blade.model.policy import Policy
+    from blade.seeding import pin_cpu_threads
 
+    pin_cpu_threads()  # decoding gives the same bits whatever the machine's core count
     _, splits, _ = load_prepared(data_dir)
     policy = Policy.load(model_dir, device)
     policy.model.eval()
@@ -140,7 +148,7 @@ def recommend(out: str | Path, data_dir: str | Path, split: str, k: int, batch_s
     if (model_dir is None) == (reference is None):
         raise ConfigError("recommend: give exactly one of a model directory or a reference row name")
     if reference:
-        lists, cost = reference_lists(reference, data_dir, split, k), None
+        lists, cost = reference_lists(reference, data_dir, split, k, seed), None
     elif samples:
         lists, cost = sampled_lists(model_dir, data_dir, split, k, samples, batch_size, seed, device)
     else:

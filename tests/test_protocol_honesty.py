@@ -1,11 +1,13 @@
 """Honesty of the protocol: nothing the DAG produces before the final test evaluation reads the
 test split's targets.
 
-The tiny DAG runs once as is (A). A second directory (B) gets A's prepared data with every
-test-split target replaced by another catalogue item, and builds every model, rollout, curve and
-valid evaluation — everything but the test-split evaluation. Each of those files must be
+The targets are read off Snakemake's own summary of the default target (rule all): every model
+(weights at the best and at every evaluation step, diagnostics, valid curves), reference rollout
+and valid-split evaluation — everything that precedes the test-split evaluation. Directory A
+builds them on the tiny config as is. Directory B gets A's prepared data with every test-split
+target replaced by another catalogue item and builds the same targets. Each file must be
 byte-identical to A's, apart from wall-clock fields (see ``_is_timing``). Then the SFT test
-evaluation runs in B, to show the corruption is real: the same lists, a different score.
+evaluation runs in both, to show the corruption is real: the same lists, a different score.
 
 Scope: only the test split's targets change, after ``prepare``; a leak through the prepared
 ``items.parquet``/``stats.json`` (copied unchanged from A) is outside what this test can see.
@@ -29,11 +31,15 @@ DATASET, SEED = "tiny", 0
 # One reward setting keeps the DAG small; ndcg+fairness, because the fairness part also reads the
 # prepared stats, so one more path into the data is exercised.
 REWARD = "ndcg+fairness"
+# An online and an offline method (the offline one reads the reference rollouts as pairs).
+METHODS = ["blade", "dpo"]
 # Produced only by the final evaluation; B must not build it before the comparison.
 TEST_SPLIT = "test"
 # Machine- and run-specific by design: MLflow run ids, git commit and timestamps (run_info.json),
 # measured decoding cost (cost.json). Neither feeds anything downstream.
 NOT_COMPARED = {"run_info.json", "cost.json"}
+# The files that carry wall-clock fields next to their results (see ``_is_timing``).
+TIMED_FILES = {"diagnostics.parquet", "train_log.parquet", "metrics.json", "trainer_state.json"}
 
 
 def _snakemake(workdir: Path, *targets: str, configs: list[Path]):
@@ -59,8 +65,17 @@ def _pre_test_outputs(results: Path) -> set[str]:
     return {str(p.relative_to(results)) for p in found if p.name not in NOT_COMPARED}
 
 
+def _without_timing(value):
+    """A JSON value with every timing field dropped, at any depth (a checkpoint's step log too)."""
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items() if not _is_timing(k)}
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
 def _assert_same(a: Path, b: Path, rel: str) -> str:
-    """Byte equality, or — for a table or JSON object with timing fields — exact equality of
+    """Byte equality, or — for a table or JSON file with timing fields — exact equality of
     everything else. Returns how the file was compared."""
     if a.read_bytes() == b.read_bytes():
         return "bytes"
@@ -72,8 +87,8 @@ def _assert_same(a: Path, b: Path, rel: str) -> str:
         return "frame without timing"
     if a.suffix == ".json":
         ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
-        assert isinstance(ja, dict) and any(map(_is_timing, ja)), f"{rel} differs between the clean and the corrupted-test run"
-        assert {k: v for k, v in ja.items() if not _is_timing(k)} == {k: v for k, v in jb.items() if not _is_timing(k)}, rel
+        assert _without_timing(ja) != ja, f"{rel} differs between the clean and the corrupted-test run"
+        assert _without_timing(ja) == _without_timing(jb), f"{rel} differs beyond its timing fields"
         return "json without timing"
     raise AssertionError(f"{rel} differs between the clean and the corrupted-test run")
 
@@ -90,14 +105,35 @@ def _corrupt_targets(test_file: Path, catalogue: Path) -> None:
     os.utime(test_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
+def _dag_outputs(workdir: Path, configs: list[Path]) -> list[str]:
+    """Every file the DAG's default target (rule all) produces, as Snakemake lists it (dry)."""
+    done = _snakemake(workdir, "--summary", configs=configs)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
+    return [line.split("\t")[0] for line in lines[header + 1:] if line.strip()]
+
+
+def _before_test_evaluation(path: str) -> bool:
+    """Models (weights, curves, diagnostics), reference rollouts and valid-split evaluations: what
+    training and model selection produce. The test-split evaluation, and the analysis built on it
+    (tables, figures, test-vs-step curves), come after."""
+    parts = path.split("/")
+    return parts[1] in ("models", "rollouts") or (parts[1] == "eval" and "valid" in parts)
+
+
 @pytest.mark.slow
 def test_outputs_before_the_test_evaluation_ignore_test_targets(tmp_path):
-    configs = [ROOT / ".test" / "config.yaml", tmp_path / "one_reward.yaml"]
-    configs[1].write_text(yaml.safe_dump({"run": {"rewards": [REWARD]}}))
-    methods = yaml.safe_load(configs[0].read_text())["run"]["methods"]
+    # one snapshot of the config serves both directories
+    configs = [tmp_path / "test_config.yaml", tmp_path / "smaller.yaml"]
+    configs[0].write_text((ROOT / ".test" / "config.yaml").read_text())
+    configs[1].write_text(yaml.safe_dump({"run": {"rewards": [REWARD], "methods": METHODS}}))
     clean, corrupted = tmp_path / "A", tmp_path / "B"
+    targets = [p for p in _dag_outputs(clean, configs) if _before_test_evaluation(p)]
+    assert any("/valid/" in t for t in targets) and any(t.startswith("results/rollouts/") for t in targets), targets
+    sft_test = f"results/eval/{DATASET}/none/sft/seed{SEED}/{TEST_SPLIT}"
 
-    done = _snakemake(clean, configs=configs)
+    done = _snakemake(clean, *targets, f"{sft_test}/metrics.json", configs=configs)
     assert done.returncode == 0, done.stderr[-3000:]
 
     shutil.copytree(clean / "results" / "data", corrupted / "results" / "data")  # copy2: mtimes kept
@@ -108,12 +144,6 @@ def test_outputs_before_the_test_evaluation_ignore_test_targets(tmp_path):
     assert (before["target"] != after["target"]).all()
     pd.testing.assert_frame_equal(before.drop(columns="target"), after.drop(columns="target"))
 
-    runs = [f"results/models/{DATASET}/{REWARD}/{m}/seed{SEED}" for m in methods]
-    rows = [f"none/{m}" for m in ("sft", "mostpop", "cooc")] + [f"{REWARD}/{m}" for m in methods]
-    targets = [f"results/models/{DATASET}/sft/seed{SEED}/summary.json",
-               f"results/rollouts/{DATASET}/{REWARD}/ref/seed{SEED}.parquet",
-               *(f"{run}/{name}" for run in runs for name in ("summary.json", "diagnostics.parquet")),
-               *(f"results/eval/{DATASET}/{row}/seed{SEED}/valid/metrics.json" for row in rows)]
     done = _snakemake(corrupted, *targets, configs=configs)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rule prepare" not in done.stdout + done.stderr, "prepare reran and overwrote the corrupted test split"
@@ -122,21 +152,17 @@ def test_outputs_before_the_test_evaluation_ignore_test_targets(tmp_path):
 
     produced = _pre_test_outputs(clean / "results")
     assert produced == _pre_test_outputs(corrupted / "results")
-    expected = [*targets, f"results/models/{DATASET}/sft/seed{SEED}/best/model.safetensors",
-                *(f"{run}/{name}" for run in runs for name in ("valid_curve.parquet", "best/model.safetensors"))]
-    assert {t.removeprefix("results/") for t in expected} <= produced
-    assert any("/snapshots/" in p and p.endswith(".safetensors") for p in produced), "no snapshot weights compared"
+    assert {t.removeprefix("results/") for t in targets if Path(t).name not in NOT_COMPARED} <= produced
+    for method in METHODS:  # what the claims read: weights at every evaluation step, curves
+        run = f"models/{DATASET}/{REWARD}/{method}/seed{SEED}"
+        assert {f"{run}/best/model.safetensors", f"{run}/valid_curve.parquet", f"{run}/diagnostics.parquet"} <= produced
+        assert any(p.startswith(f"{run}/snapshots/") and p.endswith(".safetensors") for p in produced), run
     how = {rel: _assert_same(clean / "results" / rel, corrupted / "results" / rel, rel) for rel in sorted(produced)}
-    # the timing fields are the only exemption, and only where they exist
-    assert {rel for rel, kind in how.items() if kind != "bytes"} <= {
-        *(f"models/{DATASET}/{REWARD}/{m}/seed{SEED}/diagnostics.parquet" for m in methods),
-        f"models/{DATASET}/sft/seed{SEED}/train_log.parquet",
-        *(f"eval/{DATASET}/{row}/seed{SEED}/valid/metrics.json" for row in rows),
-    }, how
+    # the timing fields are the only exemption, and only in the files that carry them
+    assert {Path(rel).name for rel, kind in how.items() if kind != "bytes"} <= TIMED_FILES, how
 
     # The corruption is visible where it should be: the SFT test lists are the same (they never
     # see a target), their score is not.
-    sft_test = f"results/eval/{DATASET}/none/sft/seed{SEED}/{TEST_SPLIT}"
     done = _snakemake(corrupted, f"{sft_test}/metrics.json", configs=configs)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (clean / sft_test / "recs.jsonl").read_bytes() == (corrupted / sft_test / "recs.jsonl").read_bytes()

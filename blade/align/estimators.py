@@ -25,7 +25,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
 
 from blade.errors import DataError
 
@@ -192,6 +191,8 @@ def student_t_logcdf(z: np.ndarray, df: np.ndarray) -> np.ndarray:
     ``log(cdf)`` rounds them all to 0 — the very saturation BLADE removes). Lower tail, where
     scipy's cdf underflows: the Mills-ratio asymptote ``log f(z) + log((ν+z²)/((ν+1)|z|))``.
     ``df = inf`` is the normal (``log_ndtr`` is accurate in both tails)."""
+    from scipy import special, stats  # here, not at import: validating a config must stay cheap
+
     z, df = np.broadcast_arrays(np.asarray(z, np.float64), np.asarray(df, np.float64))
     out = np.empty(z.shape, dtype=np.float64)
     normal = np.isinf(df)

@@ -177,6 +177,12 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
         old_token_logp=old_logp.view(B, G, T), mask=mask.view(B, G, T), step=step,
         anchor_token_logp=None if anchor_logp is None else anchor_logp.view(B, G, T), anchor_rewards=anchor_rewards)
     align_loss, penalty, diag = objective(batch)
+    if not (torch.isfinite(align_loss) and torch.isfinite(penalty)):
+        from blade.errors import TrainingError
+
+        raise TrainingError(f"objective {getattr(objective, 'name', '?')!r}: the loss is not finite at step {step + 1} "
+                            f"(alignment term {float(align_loss):.4g}, penalty {float(penalty):.4g}); lower align.lr "
+                            "or check the method's options — the run stops here, other methods' results are kept")
     t_objective = lap()
     opt.zero_grad(set_to_none=True)
     # The alignment term's gradient alone — the regulariser's is a floor that would hide gradient

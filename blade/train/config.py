@@ -25,8 +25,15 @@ class SFTConfig:
     lr: float = option(3e-3, help="AdamW learning rate (tiny model from scratch; ~1e-4 for LoRA on an LLM)")
     weight_decay: float = option(0.0, help="AdamW weight decay")
     warmup_steps: int = option(50, help="linear learning-rate warm-up steps, then cosine decay")
+    min_lr_ratio: float = option(0.0, help="the cosine decay's floor, as a fraction of lr (0 = decay to zero)")
     grad_clip: float = option(1.0, help="max gradient norm")
+    dropout: float = option(0.0, help="SFT-only dropout on the embeddings, each attention and MLP output "
+                                      "(residual branches) and the attention probabilities; off at alignment")
+    label_smoothing: float = option(0.0, help="label smoothing ε of the token NLL: (1-ε)·NLL + ε·(mean NLL over "
+                                              "the vocabulary)")
     target_len: int = option(3, help="items in the supervised target list (target + user's next items)")
+    target_decay: float = option(1.0, help="weight of the target list's slot s is target_decay**s (slot 0 = the "
+                                           "next item); 1 = every slot alike, 0 = the next item only")
     k: int = option(10, help="list length for the valid-split model selection")
     select_metric: str = option("ndcg@10", help="valid metric that picks the best epoch: recall@N or ndcg@N")
     patience: int = option(4, help="stop after this many epochs without a valid improvement")
@@ -36,4 +43,10 @@ class SFTConfig:
             raise ValueError("epochs, batch_size, k, target_len and patience must be positive")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0 or not self.grad_clip > 0:
             raise ValueError("lr and grad_clip must be > 0, weight_decay and warmup_steps >= 0")
+        for key in ("min_lr_ratio", "target_decay"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
+        for key in ("dropout", "label_smoothing"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{key} must lie in [0, 1), got {getattr(self, key)}")
         check_select_metric(self.select_metric, self.k)

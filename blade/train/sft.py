@@ -10,6 +10,15 @@ order) where the split has one, otherwise by history continuity (row B continues
 history is A's history plus A's target, truncated to the same window) when that link is unique.
 Rows with no known continuation are taught their single target.
 
+Regularisation (all ``SFTConfig`` options, off by default). ``target_decay`` weights slot s of the
+target list by target_decay**s, so the next item can count more than the user's later ones.
+``label_smoothing`` ε replaces each token's NLL by (1-ε)·NLL + ε·(mean NLL over the vocabulary)
+(Szegedy et al. 2016, "Rethinking the Inception Architecture", §7; the SFT warm-up has no equation
+in docs/method.md). ``dropout`` is applied to this training run only, through forward hooks and the
+attention modules' own ``attention_dropout`` attribute (Qwen2/Llama have no hidden dropout to
+configure): it is not written into the saved model config, so alignment, which scores log-prob
+ratios against π_ref, never trains with it. ``min_lr_ratio`` puts a floor under the cosine decay.
+
 Model selection uses the valid split only (greedy lists, ``select_metric``); the test split is
 never read here.
 """
@@ -25,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from blade.data.canonical import load_prepared
@@ -67,10 +77,77 @@ def continuation_lists(train: pd.DataFrame, target_len: int) -> list[list[int]]:
     return out
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
+def _lr_factor(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
+    """Linear warm-up to 1, then cosine decay from 1 to ``floor`` at ``total`` steps."""
     if step < warmup:
         return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return floor + (1 - floor) * cosine
+
+
+def add_dropout(model, p: float) -> None:
+    """Dropout with rate ``p`` (active in ``model.train()`` only) on the input embeddings' output,
+    on each decoder layer's attention and MLP outputs before they join the residual stream (GPT-2's
+    embd/resid dropout), and on the attention probabilities (the attribute Qwen2/Llama attention
+    reads in training). Hooks live on this model object only; nothing is saved with the weights."""
+    if p <= 0:
+        return
+
+    def drop(module, args, out):
+        return F.dropout(out, p, module.training)
+
+    def drop_first(module, args, out):  # attention modules return (output, weights)
+        return (F.dropout(out[0], p, module.training), *out[1:])
+
+    model.get_input_embeddings().register_forward_hook(drop)
+    layers = [m for m in model.modules() if hasattr(m, "self_attn") and hasattr(m, "mlp")]
+    if not layers:
+        raise ValueError(f"sft.dropout: found no decoder layers (self_attn + mlp) in {type(model).__name__}")
+    for layer in layers:
+        layer.self_attn.register_forward_hook(drop_first)
+        layer.mlp.register_forward_hook(drop)
+        if hasattr(layer.self_attn, "attention_dropout"):
+            layer.self_attn.attention_dropout = p
+
+
+def slot_weights(codec, lst: list[int], decay: float) -> list[float]:
+    """One weight per token of ``codec.list_tokens(lst)``: decay**s for every token of slot s."""
+    return [decay ** s for s, item in enumerate(lst) for _ in codec.list_tokens([item])]
+
+
+class _LogitsTap:
+    """Keeps the LM head's last output (R, T+1, V) during a ``with`` block: label smoothing needs
+    the whole distribution, ``Policy.token_logprobs`` returns the targets' log-probs only."""
+
+    def __init__(self, model):
+        self.model, self.logits = model, None
+
+    def __enter__(self):
+        self.handle = self.model.get_output_embeddings().register_forward_hook(self._keep)
+        return self
+
+    def _keep(self, module, args, out):
+        self.logits = out
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def sft_loss(policy: Policy, prompts: list[list[int]], conts: list[list[int]], weights: list[list[float]],
+             label_smoothing: float) -> torch.Tensor:
+    """Weighted token NLL of the target lists: Σ_t w_t ℓ_t / Σ_t w_t with ℓ_t = -log p(y_t) (ε = 0),
+    or (1-ε)(-log p(y_t)) + ε·mean_v(-log p(v)) — cross-entropy against the smoothed one-hot
+    (Szegedy et al. 2016, §7)."""
+    with _LogitsTap(policy.model) as tap:
+        logp, mask = policy.token_logprobs(prompts, conts)  # (R, T), 0 on padding
+    w = torch.zeros_like(logp)  # (R, T)
+    for r, row in enumerate(weights):
+        w[r, :len(row)] = torch.tensor(row, dtype=w.dtype)
+    nll = -logp
+    if label_smoothing:
+        uniform = -torch.log_softmax(tap.logits[:, :-1].float(), dim=-1).mean(-1)  # (R, T)
+        nll = (1 - label_smoothing) * nll + label_smoothing * uniform
+    return (w * nll * mask).sum() / (w * mask).sum().clamp(min=1e-12)
 
 
 def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfig, cfg: SFTConfig, seed: int,
@@ -84,18 +161,25 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
     evaluation = evaluation or EvalConfig()
     valid = selection_slice(valid, evaluation.selection_rows)
     policy = Policy.load(ckpt, policy_cfg.device) if (ckpt / "trainer_state.json").is_file() else Policy.build(policy_cfg, items)
+    add_dropout(policy.model, cfg.dropout)  # on both the fresh and the resumed model
     codec = policy.codec
     prompts = [codec.prompt(h, cfg.k) for h in train["history"]]
-    conts = [codec.list_tokens(lst) for lst in continuation_lists(train, cfg.target_len)]
+    targets = continuation_lists(train, cfg.target_len)
+    conts = [codec.list_tokens(lst) for lst in targets]
+    weights = [slot_weights(codec, lst, cfg.target_decay) for lst in targets]
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.warmup_steps, total))
+
+    def lr_factor(step: int) -> float:
+        return _lr_factor(step, cfg.warmup_steps, total, cfg.min_lr_ratio)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "stale": 0, "log": []}
     if (ckpt / "trainer_state.json").is_file():
         state = load_checkpoint(ckpt, opt)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.warmup_steps, total), last_epoch=state["step"] - 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor, last_epoch=state["step"] - 1)
         print(f"resuming from {ckpt} after epoch {state['epoch']}")
     started = time.perf_counter()
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
@@ -105,8 +189,8 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
         losses = []
         for b in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.epochs}", mininterval=5):
             idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            logp, mask = policy.token_logprobs([prompts[i] for i in idx], [conts[i] for i in idx])
-            loss = -(logp.sum() / mask.sum())  # token-level NLL of the target list
+            loss = sft_loss(policy, [prompts[i] for i in idx], [conts[i] for i in idx], [weights[i] for i in idx],
+                            cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

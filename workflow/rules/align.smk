@@ -13,7 +13,7 @@ rule rollout:
         "results/logs/rollout/{dataset}/{reward}/seed{seed}.log",
     benchmark:
         "results/benchmarks/rollout/{dataset}/{reward}/seed{seed}.tsv"
-    threads: 2
+    threads: 1  # torch is pinned to one thread (blade/seeding.py: bits do not depend on the core count)
     conda:
         "../../environment.yml"
     shell:
@@ -41,7 +41,7 @@ rule align:
         "results/logs/align/{dataset}/{reward}/{method}/seed{seed}.log",
     benchmark:
         "results/benchmarks/align/{dataset}/{reward}/{method}/seed{seed}.tsv"
-    threads: 2
+    threads: 1  # torch is pinned to one thread (blade/seeding.py: bits do not depend on the core count)
     conda:
         "../../environment.yml"
     shell:

@@ -55,7 +55,7 @@ rule best_of_n:
         "results/logs/best_of_n/{dataset}/{reward}/seed{seed}/{split}.log",
     benchmark:
         "results/benchmarks/best_of_n/{dataset}/{reward}/seed{seed}/{split}.tsv"
-    threads: 2
+    threads: 1  # torch is pinned to one thread (blade/seeding.py: bits do not depend on the core count)
     conda:
         "../../environment.yml"
     shell:

@@ -13,7 +13,7 @@ rule sft:
         "results/logs/sft/{dataset}/seed{seed}.log",
     benchmark:
         "results/benchmarks/sft/{dataset}/seed{seed}.tsv"
-    threads: 2
+    threads: 1  # torch is pinned to one thread (blade/seeding.py: bits do not depend on the core count)
     conda:
         "../../environment.yml"
     shell:

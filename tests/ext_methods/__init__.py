@@ -1,0 +1,1 @@
+"""Methods defined outside the blade package, registered by config alone (``module:``) in tests."""
