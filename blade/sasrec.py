@@ -7,11 +7,12 @@ sequential baseline of the field. Choices, and where they differ from the paper:
 
 - **Model** (paper §III): learned item and position embeddings, pre-norm self-attention blocks with
   a point-wise feed-forward layer of the same width, dropout on embeddings and residual branches,
-  item scores = final state · item embedding (the input embedding shared as output, paper §III-E).
+  item scores = final state · item embedding (the input embedding shared as output, paper §III-D).
 - **Loss**: full softmax cross-entropy over the catalogue, not the paper's binary cross-entropy
-  against one sampled negative (eq. 5): the catalogues here are a few thousand items, and the full
+  against one sampled negative (§III-E): the catalogues here are a few thousand items, and the full
   softmax is the stronger and now usual way to train SASRec (Klenitskiy & Vasilev 2023, "Turning
-  Dross Into Gold Loss: is BERT4Rec really better than SASRec?").
+  Dross Into Gold Loss: is BERT4Rec really better than SASRec?"). A reference row, so it has no
+  equation in docs/method.md.
 - **Training sequences**: in BIGRec-style splits every prefix of a user's sequence is its own train
   row. ``positions: all`` (the paper's setup, §III-E) keeps one sequence per user — the rows
   ``history + [target]`` that no other row extends (row B extends row A when B's history is A's
@@ -21,9 +22,10 @@ sequential baseline of the field. Choices, and where they differ from the paper:
   train transitions on Video_Games. ``positions: last`` keeps every row with the loss on its
   target only: every transition once, with exactly the context the row gives, and six times the
   rows per epoch.
-- **Selection**: early stopping on NDCG@10 of the valid selection slice (the fixed rows SFT and
-  alignment select on, ``evaluate.selection_rows``); the best epoch's weights are kept. The test
-  split is never read here.
+- **Selection**: early stopping on NDCG@10 of the valid selection slice (the same fixed,
+  seed-independent rows SFT and alignment select on, sized by this row's own ``selection_rows``,
+  1000 like ``evaluate.selection_rows``); the best epoch's weights are kept. The test split is
+  never read here.
 - **Lists**: the top-K items by score, K distinct catalogue items. History items are not excluded
   (``exclude_history`` off), as for every other row of these tables: BIGRec and D3 rank the whole
   catalogue for the next item, and a user's next item repeats a history item in some rows (on the
