@@ -27,3 +27,14 @@ def video_games() -> Path:
 @pytest.fixture
 def goodreads() -> Path:
     return need(GOODREADS)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -41,13 +41,7 @@ REFERENCE = [0.3, 0.6, 0.9, 1.0, 1.2, 1.5]                   # the static prior'
 G_SAMPLED = 20_000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
