@@ -117,7 +117,7 @@ def read_recs(path: str | Path, n_rows: int, split: str = "split") -> np.ndarray
     return out
 
 
-def evaluate(recs: str | Path, data_dir: str | Path, split: str, out_dir: str | Path, ks=(5, 10, 20),
+def evaluate(recs: str | Path, data_dir: str | Path, split: str, out_dir: str | Path, ks,
              diversity_dim: int | None = None) -> dict:
     """Score a recommendations file against ``split``: per-user metrics and their means.
 

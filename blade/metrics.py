@@ -394,7 +394,7 @@ def aggregate(per_user: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def evaluate_lists(lists, targets, catalogue: Catalogue, ks=(5, 10, 20), distance: ItemDistance | None = None):
+def evaluate_lists(lists, targets, catalogue: Catalogue, ks, distance: ItemDistance | None = None):
     """Per-user metric table (U rows) and a summary dict (means + catalogue-level numbers).
 
     Names: ``mgu_{pop,genre}@k`` / ``dgu_…@k`` in the summary are the IFairLRS pooled numbers

@@ -206,7 +206,7 @@ def test_evaluate_rejects_bad_cutoffs_and_split(tmp_path, data):
     with pytest.raises(ValueError, match="positive integers"):
         evaluate(recs, data, "test", tmp_path / "eval", ks=(0, 5))
     with pytest.raises(ValueError, match="unknown split 'dev'"):
-        evaluate(recs, data, "dev", tmp_path / "eval")
+        evaluate(recs, data, "dev", tmp_path / "eval", ks=(5,))
 
 
 # ---------------------------------------------------------------- the command line
