@@ -41,12 +41,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.common import (ALPHA, BLADE, EQUAL_COST_ROLES, all_tables, blade_n, collect_metrics, curve_path,
+from analysis.common import (ALPHA, read_significance, BLADE, EQUAL_COST_ROLES, all_tables, blade_n, collect_metrics, curve_path,
                              expected_rows, higher_is_better, is_static, list_k, load_experiment, markdown,
                              missing_note, parser, per_user_name, pooled_per_user, read_diagnostics, run_cli,
                              write_csv, write_markdown)
@@ -367,12 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", default="results/tables/claims", help="output stem: writes STEM.md and STEM.csv")
     args = p.parse_args(argv)
     exp = load_experiment(args)
-    if not Path(args.significance).is_file():
-        from blade.errors import DataError
-
-        raise DataError(f"--significance {args.significance}: no such file; "
-                        "run `python -m analysis.significance` first")
-    cases, missing = claims(args.results, exp, pd.read_csv(args.significance), args.split)
+    cases, missing = claims(args.results, exp, read_significance(args.significance), args.split)
     write_markdown(f"{args.out}.md", to_markdown(cases, missing))
     write_csv(f"{args.out}.csv", pd.DataFrame([c.__dict__ for c in cases], columns=["claim", "case", "verdict",
                                                                                      "evidence"]))

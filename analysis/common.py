@@ -315,3 +315,14 @@ def order_rows(frame: pd.DataFrame, method_col: str = "method", role_col: str = 
     rank = {r: i for i, r in enumerate(ROLE_ORDER)}
     key = frame[role_col].map(rank).fillna(len(rank))
     return frame.assign(_k=key).sort_values("_k", kind="stable").drop(columns="_k")
+
+
+def read_significance(path: str) -> "pd.DataFrame":
+    """significance.csv, or a DataError saying which module writes it."""
+    import pandas as pd
+
+    from blade.errors import DataError
+
+    if not Path(path).is_file():
+        raise DataError(f"--significance {path}: no such file; run `python -m analysis.significance` first")
+    return pd.read_csv(path)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.common import (BLADE, EQUAL_COST_ROLES, all_tables, blade_n, collect_metrics, expected_rows, fmt,
+from analysis.common import (read_significance, BLADE, EQUAL_COST_ROLES, all_tables, blade_n, collect_metrics, expected_rows, fmt,
                              higher_is_better, list_k, load_experiment, markdown, mean_std, missing_note, order_rows,
                              parser, per_user_name, pretty, run_cli, tex_escape, write_csv, write_markdown,
                              write_text)
@@ -163,14 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", default="results/tables/main", help="output stem: writes STEM.csv, STEM.md, STEM.tex")
     args = p.parse_args(argv)
     exp = load_experiment(args)
-    from pathlib import Path
-
-    from blade.errors import DataError
-
-    if not Path(args.significance).is_file():
-        raise DataError(f"--significance {args.significance}: no such file; "
-                        "run `python -m analysis.significance` first")
-    sig = pd.read_csv(args.significance)
+    sig = read_significance(args.significance)
     tables, missing = build(args.results, exp, sig, args.split)
     frame = pd.concat([t["frame"] for t in tables], ignore_index=True)
     write_csv(f"{args.out}.csv", frame)
