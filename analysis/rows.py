@@ -116,8 +116,8 @@ FIGURES = ("gradient_decay", "static_bound", "cost_quality", "training")
 
 
 def analysis_split(exp: ExperimentConfig) -> str:
-    """The split the tables read: test (model selection never reads it); valid if a config drops test."""
-    return "test" if "test" in exp.evaluate.splits else exp.evaluate.splits[-1]
+    """The split the tables read (``evaluate.table_split``): test unless a config drops it."""
+    return exp.evaluate.table_split
 
 
 def table_rows(exp: ExperimentConfig, roles: Iterable[str] | None = None, bon_ns: Iterable[int] | None = None,

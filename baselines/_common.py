@@ -37,6 +37,17 @@ def context_rng(step: int, row: int, salt: int) -> np.random.Generator:
     return np.random.default_rng([int(salt), int(step), int(row)])
 
 
+def pair_mask(rewards: np.ndarray, *picks: np.ndarray) -> np.ndarray:
+    """(B, G) bool: True at each context's picked lists (each pick an index array (B,) or (B, m)),
+    for an offline objective's ``lists_read``."""
+    keep = np.zeros(np.shape(rewards), dtype=bool)
+    ar = np.arange(keep.shape[0])
+    for idx in picks:
+        idx = np.asarray(idx)
+        keep[ar[:, None] if idx.ndim == 2 else ar, idx] = True
+    return keep
+
+
 def reward_diagnostics(rewards: np.ndarray) -> dict[str, float]:
     """``reward_mean`` (all lists), ``reward_bon_group`` (mean over contexts of each group's best
     reward: the batch's BoN@G) and ``tied_frac`` (share of contexts whose rewards all tie).

@@ -40,6 +40,7 @@ from baselines._common import (
     context_rng,
     list_log_ratio,
     masked_mean,
+    pair_mask,
     reward_diagnostics,
     rewards_np,
     zero_penalty,
@@ -100,6 +101,10 @@ class BoNBoNObjective(Objective):
     def __init__(self, config: BoNBoNConfig | None, prior: RefPrior | None = None):
         self.config = config or BoNBoNConfig()
         self.margin = bon_margin(self.config.n) if self.config.margin is None else self.config.margin
+
+    def lists_read(self, rewards: np.ndarray, rows: np.ndarray, step: int) -> np.ndarray:
+        """The best and the worst of each context's n-subset: the only lists the loss reads."""
+        return pair_mask(rewards, *best_worst_of_n(rewards, np.asarray(rows, dtype=np.int64), step, self.config.n))
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         cfg = self.config

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from baselines._common import list_log_ratio, masked_mean, reward_diagnostics, rewards_np, zero_penalty
+from baselines._common import list_log_ratio, masked_mean, pair_mask, reward_diagnostics, rewards_np, zero_penalty
 from blade.align.estimators import RefPrior
 from blade.align.objective import Objective, RolloutBatch
 from blade.align.registry import register
@@ -55,6 +55,10 @@ class DPOObjective(Objective):
 
     def __init__(self, config: DPOConfig | None, prior: RefPrior | None = None):
         self.config = config or DPOConfig()
+
+    def lists_read(self, rewards: np.ndarray, rows: np.ndarray, step: int) -> np.ndarray:
+        """The best and the worst list of each context: the only ones the loss reads."""
+        return pair_mask(rewards, *best_worst(rewards)[:2])
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         beta = self.config.beta

@@ -32,6 +32,7 @@ from baselines._common import (
     context_rng,
     list_log_ratio,
     masked_mean,
+    pair_mask,
     reward_diagnostics,
     rewards_np,
     zero_penalty,
@@ -91,6 +92,14 @@ class SDPOObjective(Objective):
 
     def __init__(self, config: SDPOConfig | None, prior: RefPrior | None = None):
         self.config = config or SDPOConfig()
+
+    def lists_read(self, rewards: np.ndarray, rows: np.ndarray, step: int) -> np.ndarray:
+        """The best list and the chosen negatives of each context: the only lists the loss reads."""
+        best, neg, neg_mask = pick_negatives(rewards, np.asarray(rows, dtype=np.int64), step, self.config.m,
+                                             self.config.negatives)
+        keep = pair_mask(rewards, best)
+        keep[np.nonzero(neg_mask)[0], neg[neg_mask]] = True
+        return keep
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         cfg = self.config

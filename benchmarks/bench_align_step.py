@@ -13,9 +13,12 @@ the penalty's on the retained graph every ``grad_norm_every`` = 5 steps, so that
 term's own gradient norm is logged; one pass otherwise), optimizer.
 
 Sides: ``--method blade`` (one row per ``--estimator``) and ``grpo`` (``baselines/grpo.py``, β 0.04,
-TRL 1.16's loss) through our loop; ``--trl`` variants of TRL's trainer (β 0.04, so with its
-reference model loaded from the same path), with the same list reward (``--reward``) computed by a
-TRL reward function that decodes item tokens back to items. TRL cannot constrain generation through
+TRL 1.16's loss) through our loop; ``dpo`` (offline, M = 16 stored lists per context) as the loop
+runs it — scoring only the best and worst list its loss reads (``Objective.lists_read``) — and as
+``dpo:every``, scoring all 16 (the loop before that hook; "lists/s" counts B·M for both);
+``--trl`` variants of TRL's trainer (β 0.04, so with its reference model loaded from the same
+path), with the same list reward (``--reward``) computed by a TRL reward function that decodes item
+tokens back to items. TRL cannot constrain generation through
 ``generation_kwargs`` (see benchmarks/_trl_grpo.py): ``rollout`` constrains it exactly through
 TRL's experimental ``rollout_func``; ``items`` keeps it to item tokens (``suppress_tokens``, repeats
 possible); ``norepeat`` adds ``no_repeat_ngram_size=1`` (no repeats, but no history item either).
@@ -60,7 +63,8 @@ if str(ROOT) not in sys.path:
 PARTS = ("rollout", "score", "forward", "objective", "backward", "optimizer")
 WARMUP = 2
 LR = 1e-4
-GRPO_BETA = 0.04  # baselines/grpo.py's default (docs/method.md §5); TRL's own default is 0
+GRPO_BETA = 0.04
+OFFLINE_M = 16  # stored reference lists per context of the offline sides (rollout.m's default)  # baselines/grpo.py's default (docs/method.md §5); TRL's own default is 0
 
 
 def main() -> None:
@@ -97,9 +101,13 @@ def main() -> None:
              for e in _names(args.estimator) if "blade" in _names(args.method)]
     if "grpo" in _names(args.method):
         sides.append({"name": "grpo", "kind": "ours", "method": "grpo", "options": {"beta": GRPO_BETA}})
-    unknown = set(_names(args.method)) - {"blade", "grpo"}
+    if "dpo" in _names(args.method):  # offline: the loss reads 2 of M = 16 stored lists per context
+        sides += [{"name": "dpo", "kind": "ours", "method": "dpo", "options": {}, "offline": True},
+                  {"name": "dpo:every", "kind": "ours", "method": "dpo", "options": {}, "offline": True,
+                   "every": True}]
+    unknown = set(_names(args.method)) - {"blade", "grpo", "dpo"}
     if unknown:
-        ap.error(f"--method: unknown {sorted(unknown)}; valid: blade, grpo")
+        ap.error(f"--method: unknown {sorted(unknown)}; valid: blade, grpo, dpo")
     if args.trl != "none":
         from benchmarks._trl_grpo import VARIANTS
 
@@ -229,13 +237,22 @@ def _our_side(side, common, wait_turn, report, ready) -> None:
     ref.model.eval()
     ref.model.requires_grad_(False)
     reward = ListReward(RewardConfig(weights={n: 1.0 for n in _names(common["reward"])}), items, train, stats)
-    m, n_ctx, rng = 16, common["n_ctx"], np.random.default_rng(0)
+    m, n_ctx, rng = OFFLINE_M, common["n_ctx"], np.random.default_rng(0)
     ref_rewards = pd.DataFrame({"row": np.repeat(np.arange(n_ctx), m), "sample": np.tile(np.arange(m), n_ctx),
                                 "reward": rng.random(n_ctx * m)})
     prior = RefPrior.from_frame(ref_rewards, len(train))
     B, G = common["contexts"], common["group"]
     cfg = AlignConfig(contexts_per_step=B, group_size=G, k=common["k"], batch_size=B * G)
     objective = build_objective(side["method"], side["options"], prior)
+    stored = None
+    if side.get("offline"):  # M = 16 stored lists per context: K distinct random items, random rewards
+        from blade.align.loop import ReferenceGroups
+
+        ids = items["item_id"].to_numpy()
+        lists = [rng.permutation(ids)[: common["k"]] for _ in range(n_ctx * m)]
+        stored = ReferenceGroups(ref_rewards.assign(items=lists))
+        if side.get("every"):  # score all M lists, as before offline objectives declared lists_read
+            objective.lists_read = lambda rewards, rows, step: None
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR)
     histories, targets = train["history"].tolist(), train["target"].to_numpy()
@@ -245,7 +262,7 @@ def _our_side(side, common, wait_turn, report, ready) -> None:
         wait_turn()
         t = time.perf_counter()
         row = alignment_step(policy, ref, objective, reward, opt, params, cfg, np.asarray(rows), histories, targets,
-                             step, gen)
+                             step, gen, stored)
         total = time.perf_counter() - t
         report({"total": total, **{p: row[f"seconds/{p}"] for p in PARTS}})
 
@@ -345,7 +362,7 @@ def _print(args, sides, results, setup) -> None:
         times = [1000 * r["total"] for r in res["rows"]]  # ms
         total = statistics.median(times)
         q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (total, total, total)
-        lists_per_s[side["name"]] = 1000 * B * G / total
+        lists_per_s[side["name"]] = 1000 * B * (OFFLINE_M if side.get("offline") else G) / total
         med = {p: statistics.median(r[p] for r in res["rows"]) for p in PARTS} if side["kind"] == "ours" else {}
         parts = "".join(f"{1000 * med[p]:>9.1f}ms" if med else f"{'':>11}" for p in PARTS)
         memory = f"{res['peak_rss_mib']:>7.0f}MiB{res['peak_rss_mib'] - res['ready_rss_mib']:>5.0f}MiB"
@@ -363,6 +380,8 @@ def _print(args, sides, results, setup) -> None:
     for ours in [s["name"] for s in sides if s["kind"] == "ours"]:
         for other in trl:
             print(f"{ours} / {other}: {lists_per_s[ours] / lists_per_s[other]:.2f}x lists/s")
+    if {"dpo", "dpo:every"} <= set(lists_per_s):  # scoring only the lists the loss reads, against all M
+        print(f"dpo / dpo:every: {lists_per_s['dpo'] / lists_per_s['dpo:every']:.2f}x steps/s")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
 def cmd_sft(args: argparse.Namespace) -> None:
     from blade import stages
 
-    summary = stages.sft(_json_arg(args.config_json, "--config-json"), args.data, args.out, args.seed, args.dataset)
+    summary = stages.sft(_json_arg(args.config_json, "--config-json"), args.data, args.out, args.seed, args.dataset,
+                         args.eval_root)
     print(f"sft done: {summary}")
 
 
@@ -73,7 +74,8 @@ def cmd_align(args: argparse.Namespace) -> None:
     from blade import stages
 
     summary = stages.align(_json_arg(args.config_json, "--config-json"), args.data, args.sft, args.rollouts, args.out,
-                           args.seed, args.dataset, args.method, args.reward_setting, args.device)
+                           args.seed, args.dataset, args.method, args.reward_setting, args.device, args.eval_root,
+                           args.curve)
     print(f"align done: {summary}")
 
 
@@ -103,9 +105,27 @@ def cmd_bon(args: argparse.Namespace) -> None:
     evaluation = from_dict(EvalConfig, raw.get("evaluate"), "evaluate")
     rows = best_of_n(args.model, args.data, args.split, evaluation.k, evaluation.bon_n, reward_cfg,
                      evaluation.batch_size, args.seed, args.device)
+    paths = {}
     for (kind, n), (lists, cost) in rows.items():
-        write_with_cost(args.out.format(method=f"{kind}_n{n}"), lists, cost)
+        paths[f"{kind}_n{n}"] = args.out.format(method=f"{kind}_n{n}")
+        write_with_cost(paths[f"{kind}_n{n}"], lists, cost)
     print(f"wrote Best-of-N lists for N in {evaluation.bon_n} to {args.out}")
+    if args.evaluate:
+        from blade.scoring import evaluate_lists_files
+
+        evaluate_lists_files(paths, args.data, args.split, evaluation, args.seed, args.dataset, args.reward_setting)
+        print(f"evaluated {len(paths)} rows (metrics.json, per_user.parquet beside each)")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from blade import stages
+
+    done = stages.score(_json_arg(args.config_json, "--config-json"), args.data, args.root, args.seed, args.dataset,
+                        args.method or args.reference or "external", args.reward_setting, args.model, args.reference,
+                        args.device)
+    for name, summary in done.items():
+        print(f"{name}: " + " ".join(f"{m}={summary[m]:.4f}" for m in ("recall@10", "ndcg@10", "invalid_rate")
+                                      if m in summary))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -168,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-json", default="{}", help='{"policy": {...}, "sft": {...}, "evaluate": {...}} (config sections)')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default="dataset", help="dataset name for tracking")
+    p.add_argument("--eval-root", default=None,
+                   help="then score the selected policy under this directory (results/eval/NAME/none/sft/seedS): "
+                        "{split}/recs.jsonl, metrics.json, … for every evaluate.splits, {split}/sample/ for sampling")
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("rollout", help="sample M reference lists per train context from π_ref, with rewards")
@@ -193,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="dataset", help="dataset name for tracking")
     p.add_argument("--method", default="blade", help="method name for tracking")
     p.add_argument("--reward-setting", default=None, help="the reward setting's name (tracking and run identity)")
+    p.add_argument("--eval-root", default=None,
+                   help="then score the selected policy under this directory (results/eval/NAME/REWARD/METHOD/seedS)")
+    p.add_argument("--curve", default=None,
+                   help="then score every per-step snapshot on test into this Parquet file (results/curves/…)")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("recommend", help="write top-K lists for a split (JSON lines {row, items})")
@@ -217,7 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the seed of the draws")
     p.add_argument("--device", default=None, help="override the policy's device")
     p.add_argument("--out", required=True, help="recommendations path with {method}, e.g. …/{method}/seed0/test/recs.jsonl")
+    p.add_argument("--evaluate", action="store_true", help="also evaluate every row (metrics.json, per_user.parquet)")
+    p.add_argument("--dataset", default="dataset", help="tracking: dataset name")
+    p.add_argument("--reward-setting", default=None, help="tracking: the reward setting the rows pick by")
     p.set_defaults(func=cmd_bon)
+
+    p = sub.add_parser("score", help="a policy's or a reference row's lists and metrics on every evaluation split")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a saved policy directory (greedy lists; sampled ones with evaluate.samples)")
+    src.add_argument("--reference", choices=["mostpop", "cooc", "sasrec"], help="a reference recommender")
+    p.add_argument("--data", required=True, help="a prepared dataset directory")
+    p.add_argument("--root", required=True, help="output directory: {split}/recs.jsonl, metrics.json, per_user.parquet "
+                                                 "(results/eval/NAME/REWARD/METHOD/seedS)")
+    p.add_argument("--config-json", default="{}", help='{"evaluate": {...}} (splits, samples, k, ks, batch_size)')
+    p.add_argument("--seed", type=int, default=0, help="the seed of sampled draws (and of SASRec's training)")
+    p.add_argument("--device", default=None, help="override the policy's device")
+    p.add_argument("--dataset", default="dataset", help="tracking: dataset name")
+    p.add_argument("--method", default=None, help="tracking: method name (default: the reference's name)")
+    p.add_argument("--reward-setting", default=None, help="tracking: the reward setting")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("evaluate", help="score a recommendations file against a split")
     p.add_argument("--recs", required=True, help='JSON lines {"row": r, "items": [ids]}, one per row of the split')

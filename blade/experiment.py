@@ -80,6 +80,12 @@ class EvalConfig:
             raise ValueError(f"bon_n must hold distinct N >= 1, got {self.bon_n}")
 
     @property
+    def table_split(self) -> str:
+        """The split the tables and snapshot curves read: test (model selection never reads it);
+        valid if a config drops test."""
+        return "test" if "test" in self.splits else self.splits[-1]
+
+    @property
     def bon_rows(self) -> list[str]:
         """The Best-of-N row names: ``bon_n{N}`` and ``oracle_bon_n{N}``."""
         return [f"{kind}_n{n}" for kind in BON_KINDS for n in self.bon_n]

@@ -43,17 +43,22 @@ def _plain(cfgs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: dataclasses.asdict(v) for k, v in cfgs.items()}
 
 
-def sft(raw: Mapping[str, Any], data: str, out: str, seed: int, dataset: str) -> dict:
-    from blade.experiment import EvalConfig
+def sft(raw: Mapping[str, Any], data: str, out: str, seed: int, dataset: str, eval_root: str | None = None) -> dict:
+    """SFT, then (``eval_root``) the selected policy's lists and metrics (blade/scoring.py)."""
+    from blade.experiment import NO_REWARD, EvalConfig
     from blade.model.config import PolicyConfig
+    from blade.scoring import score_row
     from blade.train.config import SFTConfig
     from blade.train.sft import train_sft
 
     cfg = sections(raw, policy=PolicyConfig, sft=SFTConfig, evaluate=EvalConfig)
     resolved = {**_plain(cfg), "seed": seed, "data": data}
-    return run_stage("sft", dataset, "sft", seed, resolved, summary_path=f"{out}/summary.json", run_dir=out,
-                     work=lambda t: train_sft(data, out, cfg["policy"], cfg["sft"], seed, t, cfg["evaluate"]),
-                     artifacts=(f"{out}/train_log.parquet",))
+    summary = run_stage("sft", dataset, "sft", seed, resolved, summary_path=f"{out}/summary.json", run_dir=out,
+                        work=lambda t: train_sft(data, out, cfg["policy"], cfg["sft"], seed, t, cfg["evaluate"]),
+                        artifacts=(f"{out}/train_log.parquet",))
+    if eval_root:
+        score_row(eval_root, data, cfg["evaluate"], seed, dataset, "sft", NO_REWARD, model=f"{out}/best")
+    return summary
 
 
 def rollout(raw: Mapping[str, Any], data: str, model: str, out: str, seed: int, dataset: str,
@@ -69,7 +74,10 @@ def rollout(raw: Mapping[str, Any], data: str, model: str, out: str, seed: int, 
 
 
 def align(raw: Mapping[str, Any], data: str, sft_dir: str, rollouts: str, out: str, seed: int, dataset: str,
-          method: str, reward_name: str | None, device: str | None) -> dict:
+          method: str, reward_name: str | None, device: str | None, eval_root: str | None = None,
+          curve: str | None = None) -> dict:
+    """Alignment, then (``eval_root``) the selected policy's lists and metrics and (``curve``) the
+    test scores of its per-step snapshots (blade/scoring.py)."""
     from blade.align.config import AlignConfig
     from blade.align.loop import align as align_loop
     from blade.errors import ConfigError
@@ -82,11 +90,24 @@ def align(raw: Mapping[str, Any], data: str, sft_dir: str, rollouts: str, out: s
     entry = resolve_method(raw["method"], "method")
     resolved = {**_plain(cfg), "method": entry, "seed": seed, "data": data, "sft": sft_dir, "rollouts": rollouts,
                 "reward_setting": reward_name}
-    return run_stage("align", dataset, method, seed, resolved, summary_path=f"{out}/summary.json", run_dir=out,
-                     reward=reward_name,
-                     work=lambda t: align_loop(data, sft_dir, rollouts, out, entry, cfg["align"], cfg["reward"], seed,
-                                               t, device, cfg["evaluate"]),
-                     artifacts=(f"{out}/diagnostics.parquet", f"{out}/valid_curve.parquet"))
+    summary = run_stage("align", dataset, method, seed, resolved, summary_path=f"{out}/summary.json", run_dir=out,
+                        reward=reward_name,
+                        work=lambda t: align_loop(data, sft_dir, rollouts, out, entry, cfg["align"], cfg["reward"],
+                                                  seed, t, device, cfg["evaluate"]),
+                        artifacts=(f"{out}/diagnostics.parquet", f"{out}/valid_curve.parquet"))
+    _score_aligned(out, data, cfg["evaluate"], seed, dataset, method, reward_name, device, eval_root, curve)
+    return summary
+
+
+def _score_aligned(out: str, data: str, evaluation, seed: int, dataset: str, method: str, reward_name: str | None,
+                   device: str | None, eval_root: str | None, curve: str | None) -> None:
+    from blade.io import write_parquet
+    from blade.scoring import score_row, snapshot_curve
+
+    if eval_root:
+        score_row(eval_root, data, evaluation, seed, dataset, method, reward_name, model=f"{out}/best", device=device)
+    if curve:
+        write_parquet(curve, snapshot_curve(out, data, evaluation.table_split, evaluation, device))
 
 
 def evaluate(recs: str, data: str, split: str, out: str, ks: list[int], dataset: str, method: str, seed: int,
@@ -106,3 +127,15 @@ def evaluate(recs: str, data: str, split: str, out: str, ks: list[int], dataset:
 
     return run_stage(f"evaluate_{split}", dataset, method, seed, resolved, summary_path=f"{out}/metrics.json",
                      run_dir=out, reward=reward_name, work=work, artifacts=(out,))
+
+
+def score(raw: Mapping[str, Any], data: str, root: str, seed: int, dataset: str, method: str,
+          reward_name: str | None, model: str | None = None, reference: str | None = None,
+          device: str | None = None) -> dict[str, dict]:
+    """A saved policy's (``model``) or a reference recommender's lists and metrics on every
+    evaluation split, under ``root`` = results/eval/{dataset}/{reward}/{method}/seed{s} (blade/scoring.py)."""
+    from blade.experiment import EvalConfig
+    from blade.scoring import score_row
+
+    evaluation = sections(raw, evaluate=EvalConfig)["evaluate"]
+    return score_row(root, data, evaluation, seed, dataset, method, reward_name, model, reference, device)

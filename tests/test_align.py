@@ -225,3 +225,54 @@ def test_alignment_gradient_norm_is_measured_every_n_steps(sft_run, rollouts, tm
     measured = diag["grad_norm_align"].notna().tolist()
     assert measured == [True, True, False, True]  # step 1, then every 2nd step
     assert np.isfinite(diag["grad_norm"]).all()
+
+
+@pytest.mark.parametrize("name", ["dpo", "sdpo", "bonbon"])
+def test_offline_methods_score_only_the_lists_their_loss_reads(sft_run, rollouts, tmp_path, monkeypatch, name):
+    """Scoring only the lists an offline loss reads (its ``lists_read``: DPO's best and worst of M)
+    changes no number: the same losses, gradient norms and selection as scoring all M lists."""
+    from blade.align.registry import objective_class
+
+    method = METHODS[name]
+    picked = _align(sft_run, rollouts, tmp_path / "picked", steps=3, method=method)
+    cls = objective_class(name)
+    seen = []
+    monkeypatch.setattr(cls, "lists_read", lambda self, rewards, rows, step: seen.append(rewards.shape) or None)
+    every = _align(sft_run, rollouts, tmp_path / "every", steps=3, method=method)
+    assert seen and seen[0][1] == 8  # the hook saw all M = 8 stored lists of each context
+    assert picked == every
+    cols = ["loss", "loss_align", "grad_norm", "grad_norm_align", "reward_mean", "margin"]
+    a, b = (pd.read_parquet(tmp_path / d / "diagnostics.parquet")[cols] for d in ("picked", "every"))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+
+
+def test_a_read_mask_keeps_the_picked_lists_and_zeroes_the_rest(sft_run):
+    """The pair of 4 lists scored alone equals its rows of all 4 scored together; the unread rows
+    are 0 with mask False, and the gradient reaches only the read lists."""
+    import torch
+
+    from blade.align.loop import _scored
+    from blade.model.policy import Policy
+
+    data, sft = sft_run
+    policy, ref = Policy.load(sft / "best"), Policy.load(sft / "best")
+    items, splits, _ = load_prepared(data)
+    hist = splits["train"]["history"].iloc[0]
+    pool = items["item_id"].to_numpy()
+    prompts = [policy.codec.prompt(hist, 5)] * 4
+    conts = [policy.codec.list_tokens(pool[i:i + 5].tolist()) for i in range(4)]
+    read = np.array([[True, False, False, True]])
+    full_lp, full_mask, full_ref = _scored(policy, ref, prompts, conts, None)
+    lp, mask, ref_lp = _scored(policy, ref, prompts, conts, read)
+    torch.testing.assert_close(lp[[0, 3]], full_lp[[0, 3]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ref_lp[[0, 3]], full_ref[[0, 3]], rtol=1e-5, atol=1e-6)
+    assert mask[[0, 3]].equal(full_mask[[0, 3]]) and not mask[[1, 2]].any()
+    assert (lp[[1, 2]] == 0).all() and (ref_lp[[1, 2]] == 0).all()
+    params = [q for q in policy.model.parameters() if q.requires_grad]
+    g_read = torch.autograd.grad(lp.sum(), params, allow_unused=True)
+    g_full = torch.autograd.grad(full_lp[[0, 3]].sum(), params, allow_unused=True)
+    for a, b in zip(g_read, g_full):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

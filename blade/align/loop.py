@@ -157,10 +157,11 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
         t_rollout = lap()
     t_score = lap()
     policy.model.train()
+    # the lists the loss reads (an offline method's pair of M): only those are scored
+    read = None if stored is None else objective.lists_read(
+        np.asarray(scores["reward"], dtype=np.float32).astype(np.float64).reshape(B, G), rows, step)
     # constrained log-probs (the sampler's masks replayed), for the policy and π_ref alike
-    token_logp, mask = policy.token_logprobs(prompts, conts, constrained=True)  # (B·G, T), with grad
-    with torch.no_grad():
-        ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
+    token_logp, mask, ref_logp = _scored(policy, ref, prompts, conts, read)  # (B·G, T); token_logp with grad
     T = token_logp.shape[1]
     if stored is None:
         old_logp = _pad_lists(lists, T)[0].to(policy.device)  # the sampler's constrained log-probs at temperature 1
@@ -212,6 +213,30 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
             "invalid_rate": invalid, "seconds/rollout": t_rollout, "seconds/score": t_score,
             "seconds/forward": t_forward, "seconds/objective": t_objective, "seconds/backward": t_backward,
             "seconds/optimizer": t_opt}
+
+
+def _scored(policy: Policy, ref: Policy, prompts: list[list[int]], conts: list[list[int]],
+            read: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Constrained per-token log-probs of the policy (with grad) and π_ref, and the mask (B·G, T),
+    of every list, or (``read``: (B, G) bool) of the read ones only — the rest get log-prob 0 and
+    mask False, and cost nothing."""
+    keep = None if read is None else np.flatnonzero(np.asarray(read).reshape(-1))
+    if keep is not None and len(keep) == len(conts):
+        keep = None
+    if keep is not None:
+        prompts, conts, n = [prompts[i] for i in keep], [conts[i] for i in keep], len(conts)
+    token_logp, mask = policy.token_logprobs(prompts, conts, constrained=True)    # (L, T), with grad
+    with torch.no_grad():
+        ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
+    if keep is None:
+        return token_logp, mask, ref_logp
+    # back to (B·G, T): an unread list points at row 0 and is zeroed (its gradient too)
+    at = torch.zeros(n, dtype=torch.long, device=token_logp.device)
+    at[torch.as_tensor(keep, device=at.device)] = torch.arange(len(keep), device=at.device)
+    on = torch.zeros(n, dtype=torch.bool, device=at.device)
+    on[torch.as_tensor(keep, device=at.device)] = True
+    on = on[:, None]
+    return torch.where(on, token_logp[at], 0.0), mask[at] & on, torch.where(on, ref_logp[at], 0.0)
 
 
 class ReferenceGroups:

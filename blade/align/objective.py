@@ -68,6 +68,14 @@ class Objective(abc.ABC):
         the sum (``grad_norm``) and of the alignment term alone (``grad_norm_align``) — the
         regulariser's gradient is a floor that would hide gradient decay."""
 
+    def lists_read(self, rewards: np.ndarray, rows: np.ndarray, step: int) -> np.ndarray | None:
+        """Offline objectives: the (B, G) bool mask of the stored lists whose log-probs the loss
+        reads, given their rewards (B, G) — e.g. DPO's best and worst of M = 16. The loop scores
+        only those (forward and backward on 2 of 16 lists instead of all); the others reach
+        ``__call__`` with log-probs 0 and mask False, so an objective that declares this must not
+        read them. ``None`` (the default): every list is scored."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 

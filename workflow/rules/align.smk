@@ -23,13 +23,17 @@ rule rollout:
 
 
 rule align:
-    """One method's alignment run under one reward setting: BLADE or a baseline, all through the same loop."""
+    """One method's alignment run under one reward setting: BLADE or a baseline, all through the same
+    loop; then, in the same process (blade/scoring.py), the selected policy's lists and metrics on
+    every evaluation split and the test scores of its per-step snapshots (the §6.4 curve)."""
     input:
         sft="results/models/{dataset}/sft/seed{seed}/summary.json",
         rollouts="results/rollouts/{dataset}/{reward}/ref/seed{seed}.parquet",
     output:
         summary="results/models/{dataset}/{reward}/{method}/seed{seed}/summary.json",
         diagnostics="results/models/{dataset}/{reward}/{method}/seed{seed}/diagnostics.parquet",
+        curve="results/curves/{dataset}/{reward}/{method}/seed{seed}.parquet",
+        scored=eval_outputs("results/eval/{dataset}/{reward}/{method}/seed{seed}"),
     params:
         blade=BLADE,
         cfg=lambda wildcards: sections_json("align", "evaluate", reward=reward_section(wildcards.reward),
@@ -37,6 +41,7 @@ rule align:
         data="results/data/{dataset}",
         sft=lambda wildcards, input: os.path.dirname(input.sft),
         out=lambda wildcards, output: os.path.dirname(output.summary),
+        eval_root="results/eval/{dataset}/{reward}/{method}/seed{seed}",
     log:
         "results/logs/align/{dataset}/{reward}/{method}/seed{seed}.log",
     benchmark:
@@ -47,4 +52,5 @@ rule align:
     shell:
         "{params.blade} align --data {params.data} --sft {params.sft} --rollouts {input.rollouts} "
         "--out {params.out} --seed {wildcards.seed} --dataset {wildcards.dataset} --method {wildcards.method} "
-        "--reward-setting {wildcards.reward:q} --config-json {params.cfg:q} > {log} 2>&1"
+        "--reward-setting {wildcards.reward:q} --eval-root {params.eval_root:q} --curve {output.curve:q} "
+        "--config-json {params.cfg:q} > {log} 2>&1"

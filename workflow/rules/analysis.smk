@@ -20,34 +20,9 @@ BLADE_FAMILY = table_rows(EXP, roles=("blade", "variant"), bon_ns=[])
 # BLADE and static BoN alignment: the two sides of the gradient-decay and static-bound figures
 DECAY_ROWS = [r for r in ALIGNED_ROWS if r.role == "blade" or is_static(r.method, EXP)]
 TABLE_ROWS = table_rows(EXP, bon_ns=[blade_n(EXP)])  # the main table: every row, BoN rows at BLADE's N
-# For `rule all`: every table, figure and report page; and every aligned run's snapshot curve (the
-# figures and claims pull in only BLADE's and the static methods'; the rest cost time, add where it allows).
+# For `rule all`: every table, figure and report page (each aligned run writes its snapshot curve
+# itself, rule align; the figures and claims read BLADE's and the static methods').
 ANALYSIS_TARGETS = analysis_outputs(TABLES, "results/figures")
-ALL_CURVES = curve_files(ALIGNED_ROWS)
-
-
-rule snapshot_curve:
-    """Test scores of one aligned run's per-step snapshots (the §6.4 curve); selection never reads them."""
-    input:
-        summary="results/models/{dataset}/{reward}/{method}/seed{seed}/summary.json",
-        stats="results/data/{dataset}/stats.json",
-    output:
-        "results/curves/{dataset}/{reward}/{method}/seed{seed}.parquet",
-    params:
-        analysis=ANALYSIS,
-        run=lambda wildcards, input: os.path.dirname(input.summary),
-        data=lambda wildcards, input: os.path.dirname(input.stats),
-        cfg=sections_json("evaluate"),
-        split=ANALYSIS_SPLIT,
-    log:
-        "results/logs/snapshot_curve/{dataset}/{reward}/{method}/seed{seed}.log",
-    benchmark:
-        "results/benchmarks/snapshot_curve/{dataset}/{reward}/{method}/seed{seed}.tsv"
-    conda:
-        "../../environment.yml"
-    shell:
-        "{params.analysis}.snapshots --run {params.run} --data {params.data} --split {params.split} "
-        "--config-json {params.cfg:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule significance:

@@ -75,20 +75,15 @@ def all_metrics():
     return unaligned + refs + aligned + sampled + bon
 
 
-# a greedy evaluation lands in {split}/, a sampled one in {split}/sample/
-SPLIT_OR_SAMPLED = "(valid|test)(/sample)?"
+EVAL_FILES = ("recs.jsonl", "metrics.json", "per_user.parquet")
 
 
-def split_name(wildcards):
-    return os.path.dirname(wildcards.split) or wildcards.split
-
-
-def sample_count(wildcards):
-    return EXP.evaluate.samples if os.path.basename(wildcards.split) == "sample" else 0
-
-
-def trained_model(wildcards):
-    """The summary.json of the policy a row's lists come from: SFT, or an aligned run."""
-    if wildcards.method == "sft":
-        return f"results/models/{wildcards.dataset}/sft/seed{wildcards.seed}/summary.json"
-    return f"results/models/{wildcards.dataset}/{wildcards.reward}/{wildcards.method}/seed{wildcards.seed}/summary.json"
+def eval_outputs(root, policy=True):
+    """Every file a row's scoring writes under ``root`` (results/eval/…/seed{seed}, blade/scoring.py):
+    greedy lists and their metrics on each evaluate.splits, and for a policy (with evaluate.samples)
+    sampled ones on each inference split, in {split}/sample/; a policy's lists come with cost.json."""
+    names = EVAL_FILES + (("cost.json",) if policy else ())
+    dirs = list(EXP.evaluate.splits)
+    if policy and EXP.evaluate.samples:
+        dirs += [f"{split}/sample" for split in EXP.evaluate.inference_splits]
+    return [f"{root}/{d}/{name}" for d in dirs for name in names]

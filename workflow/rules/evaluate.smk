@@ -3,50 +3,24 @@
 # reward setting (SFT and the classic references). Greedy lists land in {split}/, sampled decoding's
 # (evaluate.samples lists per row) in {split}/sample/. Best-of-N rows over π_ref (bon_n{N},
 # oracle_bon_n{N}) belong to a reward setting: it is what they pick the best list by.
-
-
-rule recommend:
-    """A trained policy's constrained top-K lists: greedy, or sampled (S lists per row)."""
-    input:
-        summary=trained_model,
-    output:
-        recs="results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/recs.jsonl",
-        cost="results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/cost.json",
-    wildcard_constraints:
-        reward=_alternatives([*REWARD_SETTINGS, NO_REWARD]),
-        method=_alternatives([*ALIGNED, "sft"]),
-        split=SPLIT_OR_SAMPLED,
-    params:
-        blade=BLADE,
-        data="results/data/{dataset}",
-        model=lambda wildcards, input: os.path.join(os.path.dirname(input.summary), "best"),
-        k=EXP.evaluate.k,
-        batch=EXP.evaluate.batch_size,
-        split=split_name,
-        samples=sample_count,
-    log:
-        "results/logs/recommend/{dataset}/{reward}/{method}/seed{seed}/{split}.log",
-    benchmark:
-        "results/benchmarks/recommend/{dataset}/{reward}/{method}/seed{seed}/{split}.tsv"
-    conda:
-        "../../environment.yml"
-    shell:
-        "{params.blade} recommend --model {params.model} --data {params.data} --split {params.split} "
-        "--k {params.k} --batch-size {params.batch} --samples {params.samples} --seed {wildcards.seed} "
-        "--out {output.recs} > {log} 2>&1"
+#
+# A trained row is scored by the job that trains it (rules sft and align: blade/scoring.py), so
+# the evaluation costs no extra interpreter start. The rules here score the rows nothing trains.
 
 
 rule best_of_n:
     """Best-of-N over π_ref at inference for every N in evaluate.bon_n, by the inference reward
-    (bon_n{N}) and by the ground truth (oracle_bon_n{N}), from one shared draw of max N lists."""
+    (bon_n{N}) and by the ground truth (oracle_bon_n{N}), from one shared draw of max N lists; each
+    row's metrics in the same process."""
     input:
         sft="results/models/{dataset}/sft/seed{seed}/summary.json",
+        stats="results/data/{dataset}/stats.json",
     output:
-        recs=expand("results/eval/{{dataset}}/{{reward}}/{method}/seed{{seed}}/{{split}}/recs.jsonl",
-                    method=EXP.evaluate.bon_rows),
+        scored=expand("results/eval/{{dataset}}/{{reward}}/{method}/seed{{seed}}/{{split}}/{name}",
+                      method=EXP.evaluate.bon_rows, name=[*EVAL_FILES, "cost.json"]),
     params:
         blade=BLADE,
-        data="results/data/{dataset}",
+        data=lambda wildcards, input: os.path.dirname(input.stats),
         model=lambda wildcards, input: os.path.join(os.path.dirname(input.sft), "best"),
         cfg=lambda wildcards: sections_json("evaluate", reward=reward_section(wildcards.reward)),
         out=lambda wildcards: f"results/eval/{wildcards.dataset}/{wildcards.reward}/{{method}}/seed{wildcards.seed}/"
@@ -60,54 +34,33 @@ rule best_of_n:
         "../../environment.yml"
     shell:
         "{params.blade} bon --model {params.model} --data {params.data} --split {wildcards.split} "
-        "--seed {wildcards.seed} --config-json {params.cfg:q} --out {params.out:q} > {log} 2>&1"
+        "--seed {wildcards.seed} --config-json {params.cfg:q} --out {params.out:q} --evaluate "
+        "--dataset {wildcards.dataset} --reward-setting {wildcards.reward:q} > {log} 2>&1"
 
 
-rule recommend_reference:
-    """Most-popular and item-to-item co-occurrence lists, fitted on train only."""
+rule score_reference:
+    """A classic reference row (most popular, item co-occurrence, SASRec), fitted on train only:
+    its lists and metrics on every evaluation split."""
     input:
         stats="results/data/{dataset}/stats.json",
     output:
-        recs="results/eval/{dataset}/{reward}/{reference}/seed{seed}/{split}/recs.jsonl",
+        scored=eval_outputs(f"results/eval/{{dataset}}/{NO_REWARD}/{{reference}}/seed{{seed}}", policy=False),
     wildcard_constraints:
-        reward=re.escape(NO_REWARD),
         reference=_alternatives(EXP.evaluate.references),
     params:
         blade=BLADE,
         data=lambda wildcards, input: os.path.dirname(input.stats),
-        k=EXP.evaluate.k,
+        cfg=sections_json("evaluate"),
+        reward=NO_REWARD,
+        root=lambda wildcards: f"results/eval/{wildcards.dataset}/{NO_REWARD}/{wildcards.reference}/seed{wildcards.seed}",
     log:
-        "results/logs/recommend/{dataset}/{reward}/{reference}/seed{seed}/{split}.log",
+        "results/logs/score_reference/{dataset}/{reference}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/score_reference/{dataset}/{reference}/seed{seed}.tsv"
+    threads: 1
     conda:
         "../../environment.yml"
     shell:
-        "{params.blade} recommend --reference {wildcards.reference} --data {params.data} "
-        "--split {wildcards.split} --k {params.k} --out {output.recs} > {log} 2>&1"
-
-
-rule evaluate:
-    """Per-user metrics (per_user.parquet) and their summary (metrics.json)."""
-    input:
-        recs="results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/recs.jsonl",
-        stats="results/data/{dataset}/stats.json",
-    output:
-        metrics="results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/metrics.json",
-        per_user="results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/per_user.parquet",
-    wildcard_constraints:
-        reward=_alternatives([*REWARD_SETTINGS, NO_REWARD]),
-        method=_alternatives([*ALIGNED, *UNALIGNED_ROWS, *EXP.evaluate.bon_rows]),
-        split=SPLIT_OR_SAMPLED,
-    params:
-        blade=BLADE,
-        data=lambda wildcards, input: os.path.dirname(input.stats),
-        ks=",".join(str(k) for k in EXP.evaluate.ks),
-        out=lambda wildcards, output: os.path.dirname(output.metrics),
-        split=split_name,
-    log:
-        "results/logs/evaluate/{dataset}/{reward}/{method}/seed{seed}/{split}.log",
-    conda:
-        "../../environment.yml"
-    shell:
-        "{params.blade} evaluate --recs {input.recs:q} --data {params.data} --split {params.split} "
-        "--ks {params.ks} --out {params.out} --dataset {wildcards.dataset} --method {wildcards.method} "
-        "--seed {wildcards.seed} --reward-setting {wildcards.reward:q} > {log} 2>&1"
+        "{params.blade} score --reference {wildcards.reference} --data {params.data} --root {params.root} "
+        "--seed {wildcards.seed} --dataset {wildcards.dataset} --reward-setting {params.reward} "
+        "--config-json {params.cfg:q} > {log} 2>&1"

@@ -1,14 +1,17 @@
 rule sft:
-    """BIGRec-style supervised warm-up: the reference policy π_ref of every method."""
+    """BIGRec-style supervised warm-up: the reference policy π_ref of every method; then the SFT
+    row's lists and metrics on every evaluation split, in the same process (blade/scoring.py)."""
     input:
         stats="results/data/{dataset}/stats.json",
     output:
         summary="results/models/{dataset}/sft/seed{seed}/summary.json",
+        scored=eval_outputs(f"results/eval/{{dataset}}/{NO_REWARD}/sft/seed{{seed}}"),
     params:
         blade=BLADE,
         cfg=lambda wildcards: sections_json("policy", "sft", "evaluate"),
         data=lambda wildcards, input: os.path.dirname(input.stats),
         out=lambda wildcards, output: os.path.dirname(output.summary),
+        eval_root=lambda wildcards: f"results/eval/{wildcards.dataset}/{NO_REWARD}/sft/seed{wildcards.seed}",
     log:
         "results/logs/sft/{dataset}/seed{seed}.log",
     benchmark:
@@ -18,4 +21,4 @@ rule sft:
         "../../environment.yml"
     shell:
         "{params.blade} sft --data {params.data} --out {params.out} --seed {wildcards.seed} "
-        "--dataset {wildcards.dataset} --config-json {params.cfg:q} > {log} 2>&1"
+        "--dataset {wildcards.dataset} --eval-root {params.eval_root} --config-json {params.cfg:q} > {log} 2>&1"
