@@ -118,7 +118,7 @@ def _p(sig, dataset, setting, method, metric) -> float:
 def to_markdown(frame: pd.DataFrame, missing: list[str], k: int) -> str:
     out = ["# Ablations and sensitivity (BLADE variants, test split, greedy lists)\n"]
     if not len(frame):
-        out.append("No BLADE entry or variant is in run.methods: nothing to ablate.\n")
+        out.append("No BLADE entry or variant is in run.methods or run.sweep: nothing to ablate.\n")
     acc, rec = f"ndcg@{k}", f"recall@{k}"
     for (dataset, setting), block in frame.groupby(["dataset", "reward_setting"], sort=False):
         target = block["target_metric"].iloc[0]

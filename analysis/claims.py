@@ -224,7 +224,7 @@ def listwise_claim(results, exp, sig, split, missing) -> list[Case]:
                          f"({'lower' if not higher_is_better(target) else 'higher'} is better; Holm p "
                          f"{_p(test['p_ttest_holm'])})")
         paid = {m: means["sft"] - v for m, v in means.items()}
-        statics = {m: paid[m] for m in exp.run.methods if is_static(m, exp) and m in paid}
+        statics = {m: paid[m] for m in exp.methods_for(setting) if is_static(m, exp) and m in paid}
         parts.append(f"NDCG@{k} lost vs SFT: BLADE {_f(paid[BLADE])}; static "
                      + (", ".join(f"{m} {_f(v)}" for m, v in statics.items()) or "none ran"))
         cases.append(Case("6.2", name, listwise_verdict(tests, paid[BLADE], list(statics.values())), "; ".join(parts)))
@@ -236,7 +236,7 @@ def decay_claim(results, exp, missing) -> list[Case]:
     for dataset, setting in all_tables(exp):
         rows = {r.method: r for r in expected_rows(exp, dataset, setting, bon_ns=[])}
         falls = {}
-        for method in [m for m in exp.run.methods if m == BLADE or is_static(m, exp)]:
+        for method in [m for m in exp.methods_for(setting) if m == BLADE or is_static(m, exp)]:
             diag = read_diagnostics(results, rows[method], missing)
             if "weight_spread" in diag and len(diag):
                 falls[method] = fall(diag.groupby("step")["weight_spread"].mean().sort_index().to_numpy())
@@ -311,13 +311,13 @@ def cost_claim(results, exp, split, missing) -> list[Case]:
 
 def ablation_claim(results, exp, sig, split, missing) -> list[Case]:
     metric = f"ndcg@{list_k(exp)}"
-    variants = [m for m in exp.run.methods if m != BLADE and exp.methods[m].get("objective") == "blade"
+    variants = [m for m in exp.aligned if m != BLADE and exp.methods[m].get("objective") == "blade"
                 and exp.methods[m].get("estimator") == "static"]
     cases = []
     for dataset, setting in all_tables(exp):
         if not pure_accuracy(exp, setting):
             continue
-        for variant in variants:
+        for variant in [v for v in variants if v in exp.methods_for(setting)]:
             test = _test(sig, dataset, setting, variant, metric)
             name = f"{dataset} · {setting} · vs {variant}"
             if test is None:

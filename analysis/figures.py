@@ -42,12 +42,12 @@ SMOOTH = 0.05
 
 
 def _aligned(exp, static_only: bool) -> list[str]:
-    return [m for m in exp.run.methods if not static_only or m == BLADE or is_static(m, exp)]
+    return [m for m in exp.aligned if not static_only or m == BLADE or is_static(m, exp)]
 
 
 def palette(exp) -> dict[str, tuple]:
     """One colour per row name, the same in every figure (BLADE always the first colour)."""
-    names = [BLADE, *[m for m in exp.run.methods if m != BLADE], "sft"]
+    names = [BLADE, *[m for m in exp.aligned if m != BLADE], "sft"]
     colours = sns.color_palette("tab10", max(10, len(names)))
     return {name: colours[i % len(colours)] for i, name in enumerate(names)}
 
@@ -231,8 +231,8 @@ def cost_quality(results, exp, out: Path, missing: list[str], split: str = "test
                     curve = curve.sort_values("samples")
                     ax.errorbar(curve["samples"], curve["mean"], yerr=curve["sd"].fillna(0), capsize=2, **style)
                     drawn = True
-            points = (row_means(results, exp, dataset, setting, ["sft", *exp.run.methods], metric, split, True,
-                                missing) if sampled(exp, split) else pd.DataFrame(columns=["method", "mean", "sd"]))
+            points = (row_means(results, exp, dataset, setting, ["sft", *exp.methods_for(setting)], metric, split,
+                                True, missing) if sampled(exp, split) else pd.DataFrame(columns=["method", "mean", "sd"]))
             for k, point in enumerate(points.itertuples()):
                 x = point.samples * 2 ** (0.06 * (k - (len(points) - 1) / 2))  # sideways spread on the log2 axis
                 ax.errorbar([x], [point.mean], yerr=[0 if math.isnan(point.sd) else point.sd], fmt="D", capsize=2,

@@ -85,7 +85,7 @@ def expected_rows(exp: ExperimentConfig, dataset: str, setting: str, split: str 
     rows = [Row(dataset, setting, "sft", "sft", seeds)]
     rows += [Row(dataset, setting, r, "reference", (0,)) for r in exp.evaluate.references]
     if aligned:
-        rows += [Row(dataset, setting, m, role(m, exp), seeds) for m in exp.run.methods]
+        rows += [Row(dataset, setting, m, role(m, exp), seeds) for m in exp.methods_for(setting)]
     if split in exp.evaluate.inference_splits:
         ns = exp.evaluate.bon_n if bon_ns is None else [n for n in bon_ns if n in exp.evaluate.bon_n]
         for kind in ("bon", "oracle_bon"):

@@ -65,9 +65,10 @@ def cmd_sft(args: argparse.Namespace) -> None:
 def cmd_rollout(args: argparse.Namespace) -> None:
     from blade import stages
 
-    summary = stages.rollout(_json_arg(args.config_json, "--config-json"), args.data, args.model, args.out, args.seed,
-                             args.dataset, args.reward_setting, args.device)
-    print(f"rollouts done: {summary}")
+    summaries = stages.rollout(_json_arg(args.config_json, "--config-json"), args.data, args.model, args.out,
+                               args.seed, args.dataset, args.reward_setting, args.device)
+    for name, summary in summaries.items():
+        print(f"rollouts done ({name}): {summary}")
 
 
 def cmd_align(args: argparse.Namespace) -> None:
@@ -95,26 +96,29 @@ def cmd_bon(args: argparse.Namespace) -> None:
     from blade.config import from_dict
     from blade.errors import ConfigError
     from blade.experiment import EvalConfig
-    from blade.recommend import best_of_n, write_with_cost
-    from blade.rewards import RewardConfig
+    from blade.recommend import best_of_n_settings, write_with_cost
+    from blade.stages import per_setting, reward_settings
 
     if "{method}" not in args.out:
         raise ConfigError("--out must hold {method}, e.g. results/eval/DS/ndcg/{method}/seed0/test/recs.jsonl")
     raw = _json_arg(args.config_json, "--config-json")
-    reward_cfg = from_dict(RewardConfig, raw.get("reward"), "reward")
+    settings = reward_settings(raw, args.reward_setting)
+    outs = per_setting(args.out, settings, "--out")
     evaluation = from_dict(EvalConfig, raw.get("evaluate"), "evaluate")
-    rows = best_of_n(args.model, args.data, args.split, evaluation.k, evaluation.bon_n, reward_cfg,
-                     evaluation.batch_size, args.seed, args.device)
-    paths = {}
-    for (kind, n), (lists, cost) in rows.items():
-        paths[f"{kind}_n{n}"] = args.out.format(method=f"{kind}_n{n}")
-        write_with_cost(paths[f"{kind}_n{n}"], lists, cost)
-    print(f"wrote Best-of-N lists for N in {evaluation.bon_n} to {args.out}")
-    if args.evaluate:
-        from blade.scoring import evaluate_lists_files
+    picked = best_of_n_settings(args.model, args.data, args.split, evaluation.k, evaluation.bon_n, settings,
+                                evaluation.batch_size, args.seed, args.device)
+    for name, rows in picked.items():
+        paths = {}
+        for (kind, n), (lists, cost) in rows.items():
+            paths[f"{kind}_n{n}"] = outs[name].replace("{method}", f"{kind}_n{n}")
+            write_with_cost(paths[f"{kind}_n{n}"], lists, cost)
+        print(f"wrote Best-of-N lists by {name} for N in {evaluation.bon_n} to {outs[name]}")
+        if args.evaluate:
+            from blade.scoring import evaluate_lists_files
 
-        evaluate_lists_files(paths, args.data, args.split, evaluation, args.seed, args.dataset, args.reward_setting)
-        print(f"evaluated {len(paths)} rows (metrics.json, per_user.parquet beside each)")
+            evaluate_lists_files(paths, args.data, args.split, evaluation, args.seed, args.dataset,
+                                 name if "rewards" in raw else args.reward_setting)
+            print(f"evaluated {len(paths)} rows (metrics.json, per_user.parquet beside each)")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -196,8 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollout", help="sample M reference lists per train context from π_ref, with rewards")
     p.add_argument("--data", required=True, help="a prepared dataset directory")
     p.add_argument("--model", required=True, help="the SFT policy directory (…/sft/seedS/best)")
-    p.add_argument("--out", required=True, help="output Parquet file (results/rollouts/NAME/ref/seedS.parquet)")
-    p.add_argument("--config-json", default="{}", help='{"rollout": {...}, "reward": {...}}')
+    p.add_argument("--out", required=True, help="output Parquet file (results/rollouts/NAME/REWARD/ref/seedS.parquet); "
+                                                "with several reward settings a path with {reward}")
+    p.add_argument("--config-json", default="{}",
+                   help='{"rollout": {...}, "reward": {...}}, or "rewards": {NAME: {...}, ...} to score one draw '
+                        "under several reward settings (one file each)")
     p.add_argument("--reward-setting", default=None, help="the reward setting's name (tracking and run identity)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="override the policy's device")
@@ -240,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the SFT policy directory (π_ref, …/sft/seedS/best)")
     p.add_argument("--data", required=True, help="a prepared dataset directory")
     p.add_argument("--split", default="test", choices=["valid", "test"])
-    p.add_argument("--config-json", default="{}", help='{"reward": {...}, "evaluate": {...}} (N values: evaluate.bon_n)')
+    p.add_argument("--config-json", default="{}",
+                   help='{"reward": {...}, "evaluate": {...}} (N values: evaluate.bon_n), or "rewards": {NAME: {...}, '
+                        "...} to pick from one draw by each of several reward settings (--out then holds {reward})")
     p.add_argument("--seed", type=int, default=0, help="the seed of the draws")
     p.add_argument("--device", default=None, help="override the policy's device")
     p.add_argument("--out", required=True, help="recommendations path with {method}, e.g. …/{method}/seed0/test/recs.jsonl")

@@ -46,6 +46,9 @@ class RunConfig:
     rewards: list[str] = option(["ndcg"], help="names of entries under `rewards` (reward settings); every method is "
                                               "trained under each")
 
+    sweep: list[str] = option([], help="more entries of `methods` (e.g. BLADE variants: the §6.6 ablation sweep), "
+                                       "trained under the first reward setting only")
+
     def __post_init__(self) -> None:
         for key in ("datasets", "seeds", "rewards"):
             if not getattr(self, key):
@@ -103,9 +106,23 @@ class ExperimentConfig:
     rollout: RolloutConfig = option(default_factory=RolloutConfig, help="reference rollouts (`blade options rollout`)")
     align: AlignConfig = option(default_factory=AlignConfig, help="the shared alignment loop (`blade options align`)")
     methods: dict[str, dict[str, Any]] = option({}, help="aligned methods: `objective: NAME` plus its options")
+    partial: bool = option(False, help="analyse what exists: the DAG runs only the analysis, on the per-run files "
+                                       "already written (after a run whose failed jobs `--keep-going` left out); "
+                                       "every table names its missing rows. `snakemake --config partial=True`")
 
     def method(self, name: str) -> dict[str, Any]:
         return self.methods[name]
+
+    @property
+    def aligned(self) -> list[str]:
+        """Every aligned method the DAG trains: ``run.methods``, then the ``run.sweep`` entries."""
+        return list(dict.fromkeys([*self.run.methods, *self.run.sweep]))
+
+    def methods_for(self, setting: str) -> list[str]:
+        """The aligned methods trained under a reward setting (the sweep: under the first only)."""
+        if setting == self.run.rewards[0]:
+            return self.aligned
+        return list(self.run.methods)
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as plain data (defaults filled): what the rules hand to the ``blade`` commands."""
@@ -153,7 +170,10 @@ def _check_names(exp: ExperimentConfig) -> None:
         for name in defined:
             if not _NAME.match(name):
                 raise ConfigError(f"{key}.{name}: a name may hold letters, digits and _ + . - (it names directories)")
-    for name in exp.run.methods:
+    for name in exp.run.sweep:
+        if name not in exp.methods:
+            raise ConfigError(f"run.sweep names '{name}', which is not defined under methods: {sorted(exp.methods)}")
+    for name in exp.aligned:
         if name in UNALIGNED_ROWS or re.match(r"^(oracle_)?bon_n\d+$", name):
             raise ConfigError(f"run.methods: '{name}' is a reserved row name (SFT, a reference or a Best-of-N row); "
                               "rename the method")

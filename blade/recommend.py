@@ -62,13 +62,15 @@ def policy_lists(model_dir: str | Path, data_dir: str | Path, split: str, k: int
     return lists.items.numpy(), cost
 
 
-def _load(model_dir: str | Path, data_dir: str | Path, split: str, k: int, device: str | None):
+def _load(model_dir, data_dir: str | Path, split: str, k: int, device: str | None):
+    """The policy (``model_dir``: a saved policy's directory, or an already loaded ``Policy``), the
+    split and its prompts."""
     from blade.model.policy import Policy
     from blade.seeding import pin_cpu_threads
 
     pin_cpu_threads()  # decoding gives the same bits whatever the machine's core count
     _, splits, _ = load_prepared(data_dir)
-    policy = Policy.load(model_dir, device)
+    policy = model_dir if isinstance(model_dir, Policy) else Policy.load(model_dir, device)
     policy.model.eval()
     frame = splits[split]
     return policy, frame, [policy.codec.prompt(h, k) for h in frame["history"]]
@@ -95,6 +97,15 @@ def sampled_lists(model_dir: str | Path, data_dir: str | Path, split: str, k: in
 def best_of_n(model_dir: str | Path, data_dir: str | Path, split: str, k: int, ns: list[int], reward_cfg,
               batch_size: int, seed: int, device: str | None = None) -> dict[tuple[str, int], tuple[np.ndarray, dict]]:
     """``{("bon"|"oracle_bon", N): ((rows, k) lists, cost)}`` for every N in ``ns`` (docs/method.md (5.7))."""
+    return best_of_n_settings(model_dir, data_dir, split, k, ns, {"reward": reward_cfg}, batch_size, seed,
+                              device)["reward"]
+
+
+def best_of_n_settings(model_dir: str | Path, data_dir: str | Path, split: str, k: int, ns: list[int],
+                       reward_cfgs: dict, batch_size: int, seed: int, device: str | None = None,
+                       ) -> dict[str, dict[tuple[str, int], tuple[np.ndarray, dict]]]:
+    """:func:`best_of_n` under each reward setting of ``reward_cfgs`` (``{name: RewardConfig}``),
+    from one shared draw: π_ref's lists do not depend on the reward, only the pick does."""
     from blade.rewards import ListReward
 
     items, splits, stats = load_prepared(data_dir)
@@ -102,21 +113,24 @@ def best_of_n(model_dir: str | Path, data_dir: str | Path, split: str, k: int, n
     draws, draw_cost = sampled_lists(model_dir, data_dir, split, k, n_max, batch_size, seed, device)  # (N, rows, k)
     frame = splits[split]
     rows = len(frame)
-    started = time.perf_counter()
     histories = [h for h in frame["history"].tolist() for _ in range(n_max)]
     flat = draws.transpose(1, 0, 2).reshape(rows * n_max, k)  # row-major: row r's N lists together
-    oracle = ListReward(reward_cfg, items, splits["train"], stats)
-    scores = {"oracle_bon": oracle(histories, np.repeat(frame["target"].to_numpy(), n_max), flat)["reward"],
-              "bon": ListReward(inference_reward(reward_cfg), items, splits["train"], stats)(histories, None, flat)["reward"]}
-    score_seconds = (time.perf_counter() - started) / (rows * n_max)
     out = {}
-    for kind, s in scores.items():
-        s = s.reshape(rows, n_max)
-        for n in ns:
-            best = s[:, :n].argmax(1)  # the first best on ties
-            cost = {"samples_per_user": float(n), "tokens_per_user": n * draw_cost["tokens_per_user"],
-                    "seconds_per_user": n * (draw_cost["seconds_per_user"] + score_seconds)}
-            out[kind, n] = (draws[best, np.arange(rows)], cost)
+    for name, reward_cfg in reward_cfgs.items():
+        started = time.perf_counter()
+        oracle = ListReward(reward_cfg, items, splits["train"], stats)
+        scores = {"oracle_bon": oracle(histories, np.repeat(frame["target"].to_numpy(), n_max), flat)["reward"],
+                  "bon": ListReward(inference_reward(reward_cfg), items, splits["train"], stats)(histories, None,
+                                                                                                flat)["reward"]}
+        score_seconds = (time.perf_counter() - started) / (rows * n_max)
+        out[name] = {}
+        for kind, s in scores.items():
+            s = s.reshape(rows, n_max)
+            for n in ns:
+                best = s[:, :n].argmax(1)  # the first best on ties
+                cost = {"samples_per_user": float(n), "tokens_per_user": n * draw_cost["tokens_per_user"],
+                        "seconds_per_user": n * (draw_cost["seconds_per_user"] + score_seconds)}
+                out[name][kind, n] = (draws[best, np.arange(rows)], cost)
     return out
 
 

@@ -36,8 +36,12 @@ def score_row(root: str | Path, data: str | Path, evaluation, seed: int, dataset
     from blade.stages import evaluate
 
     jobs = [(split, 0) for split in evaluation.splits]
-    if model is not None and evaluation.samples:
-        jobs += [(split, evaluation.samples) for split in evaluation.inference_splits]
+    if model is not None:
+        from blade.model.policy import Policy
+
+        model = Policy.load(model, device)  # loaded once for every split
+        if evaluation.samples:
+            jobs += [(split, evaluation.samples) for split in evaluation.inference_splits]
     out = {}
     for split, samples in jobs:
         where = Path(root) / split / ("sample" if samples else "")

@@ -61,16 +61,48 @@ def sft(raw: Mapping[str, Any], data: str, out: str, seed: int, dataset: str, ev
     return summary
 
 
-def rollout(raw: Mapping[str, Any], data: str, model: str, out: str, seed: int, dataset: str,
-            reward_name: str | None, device: str | None) -> dict:
-    from blade.align.config import RolloutConfig
-    from blade.align.rollout import reference_rollouts
+def reward_settings(raw: Mapping[str, Any], reward_name: str | None) -> dict[str, Any]:
+    """The reward settings a command scores under: ``"rewards": {name: {...}}`` (several, one
+    output each), or one ``"reward": {...}`` named ``reward_name``."""
     from blade.rewards import RewardConfig
 
-    cfg = sections(raw, rollout=RolloutConfig, reward=RewardConfig)
-    resolved = {**_plain(cfg), "seed": seed, "data": data, "model": model, "reward_setting": reward_name}
-    return run_stage("rollout", dataset, "ref", seed, resolved, summary_path=f"{out}.summary.json", reward=reward_name,
-                     work=lambda t: reference_rollouts(data, model, out, cfg["rollout"], cfg["reward"], seed, device))
+    if "rewards" in raw:
+        if not isinstance(raw["rewards"], Mapping) or not raw["rewards"]:
+            from blade.errors import ConfigError
+
+            raise ConfigError('--config-json: "rewards" must map each reward setting\'s name to its section')
+        return {name: from_dict(RewardConfig, v, f"rewards.{name}") for name, v in raw["rewards"].items()}
+    return {reward_name or "reward": from_dict(RewardConfig, raw.get("reward"), "reward")}
+
+
+def per_setting(template: str, names, flag: str) -> dict[str, str]:
+    """``{name: path}``: the ``{reward}`` placeholder of ``template`` filled with each setting's name."""
+    names = list(names)
+    if len(names) > 1 and "{reward}" not in template:
+        from blade.errors import ConfigError
+
+        raise ConfigError(f"{flag} {template!r}: several reward settings need a {{reward}} placeholder in the path")
+    return {name: template.replace("{reward}", name) for name in names}
+
+
+def rollout(raw: Mapping[str, Any], data: str, model: str, out: str, seed: int, dataset: str,
+            reward_name: str | None, device: str | None) -> dict[str, dict]:
+    """One draw of reference rollouts from π_ref, scored under each reward setting (one file and one
+    MLflow run each: ``out`` holds ``{reward}`` when there are several)."""
+    from blade.align.config import RolloutConfig
+    from blade.align.rollout import reference_rollouts_scored
+
+    cfg = sections(raw, rollout=RolloutConfig)["rollout"]
+    settings = reward_settings(raw, reward_name)
+    paths = per_setting(out, settings, "--out")
+    summaries = reference_rollouts_scored(data, model, {n: (paths[n], settings[n]) for n in settings}, cfg, seed,
+                                          device)
+    for name, summary in summaries.items():
+        resolved = {"rollout": dataclasses.asdict(cfg), "reward": dataclasses.asdict(settings[name]), "seed": seed,
+                    "data": data, "model": model, "reward_setting": name}
+        run_stage("rollout", dataset, "ref", seed, resolved, summary_path=f"{paths[name]}.summary.json", reward=name,
+                  work=lambda t, done=summary: done)
+    return summaries
 
 
 def align(raw: Mapping[str, Any], data: str, sft_dir: str, rollouts: str, out: str, seed: int, dataset: str,

@@ -67,6 +67,24 @@ def test_rollouts_are_seeded_and_resume(sft_run, tmp_path):
     assert not a["items"].equals(pd.read_parquet(tmp_path / "d.parquet")["items"]), "another seed gave the same lists"
 
 
+def test_one_draw_scored_under_several_reward_settings(sft_run, tmp_path):
+    """Rollouts for two reward settings from one draw: each file equals its single-setting run
+    (same lists, its own rewards), and the settings' files hold the same lists."""
+    from blade.align.rollout import reference_rollouts_scored
+
+    data, sft = sft_run
+    cfg = RolloutConfig(m=3, k=5, max_contexts=40, chunk=16, batch_size=64)
+    other = RewardConfig(weights={"ndcg": 1.0, "diversity": 0.5})
+    reference_rollouts_scored(data, sft / "best", {"f": (tmp_path / "f.parquet", REWARD),
+                                                   "d": (tmp_path / "d.parquet", other)}, cfg, seed=1)
+    for name, reward in (("f", REWARD), ("d", other)):
+        reference_rollouts(data, sft / "best", tmp_path / f"{name}_alone.parquet", cfg, reward, seed=1)
+        alone, shared = (pd.read_parquet(tmp_path / f) for f in (f"{name}_alone.parquet", f"{name}.parquet"))
+        pd.testing.assert_frame_equal(alone, shared)
+    f, d = pd.read_parquet(tmp_path / "f.parquet"), pd.read_parquet(tmp_path / "d.parquet")
+    assert f["items"].map(list).equals(d["items"].map(list)) and not np.allclose(f["reward"], d["reward"])
+
+
 @pytest.fixture(scope="module")
 def rollouts(sft_run, tmp_path_factory):
     data, sft = sft_run

@@ -20,6 +20,7 @@ from statsmodels.stats.multitest import multipletests
 
 from analysis import ablation, claims, figures, listwise, main_table, runtime, significance
 from analysis.common import expected_rows
+from blade.errors import ConfigError
 from blade.experiment import resolve
 
 U = 40  # users (rows of the test split)
@@ -417,3 +418,17 @@ def test_markdown_pages_render_as_html(tree, exp):
     assert "<code>x</code>" in page and "<li>note more</li>" in page
     text = provenance(tree, exp, CONFIG)
     assert "| abc123 | no | 4 |" in text and "git commit:" in text and "kappa0: 4.0" in text
+
+
+def test_the_sweep_trains_under_the_first_reward_setting_only():
+    config = {**CONFIG, "run": {**CONFIG["run"], "rewards": ["ndcg", "ndcg+fairness"], "sweep": ["blade_nig"]},
+              "rewards": {"ndcg": {"weights": {"ndcg": 1.0}}, "ndcg+fairness": {"weights": {"ndcg": 1.0, "fairness": 0.5}}},
+              "methods": {**CONFIG["methods"], "blade_nig": {"objective": "blade", "estimator": "nig"}}}
+    exp = resolve(config)
+    assert exp.aligned == ["blade", "blade_static", "blade_nig"]
+    assert exp.methods_for("ndcg") == exp.aligned and exp.methods_for("ndcg+fairness") == ["blade", "blade_static"]
+    first = {r.method: r.role for r in expected_rows(exp, "fake", "ndcg")}
+    assert first["blade_nig"] == "variant"
+    assert "blade_nig" not in {r.method for r in expected_rows(exp, "fake", "ndcg+fairness")}
+    with pytest.raises(ConfigError, match="run.sweep names 'blade_dp'"):
+        resolve({**config, "run": {**config["run"], "sweep": ["blade_dp"]}})

@@ -129,7 +129,7 @@ def test_outputs_before_the_test_evaluation_ignore_test_targets(tmp_path):
     # one snapshot of the config serves both directories
     configs = [tmp_path / "test_config.yaml", tmp_path / "smaller.yaml"]
     configs[0].write_text((ROOT / ".test" / "config.yaml").read_text())
-    configs[1].write_text(yaml.safe_dump({"run": {"rewards": [REWARD], "methods": METHODS}}))
+    configs[1].write_text(yaml.safe_dump({"run": {"rewards": [REWARD], "methods": METHODS, "sweep": []}}))
     clean, corrupted = tmp_path / "A", tmp_path / "B"
     targets = [p for p in _dag_outputs(clean, configs) if _before_test_evaluation(p)]
     assert any("/valid/" in t for t in targets) and any(t.startswith("results/rollouts/") for t in targets), targets

@@ -77,6 +77,11 @@ def test_whole_dag_on_test_config(dag_run):
             weights = json.loads((run / "align_config.json").read_text())["reward"]["weights"]
             assert weights == ({"ndcg": 1.0, "fairness": 0.5} if reward == "ndcg+fairness" else {"ndcg": 1.0})
             assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step000000", "step000003", "step000006"]
+    # the sweep (run.sweep) trains under the first reward setting only, and reaches the ablation table
+    assert (res / "eval/tiny/ndcg/blade_nig/seed0/test/metrics.json").is_file()
+    assert not (res / "models/tiny/ndcg+fairness/blade_nig").exists()
+    ablation = pd.read_csv(res / "tables/ablation.csv")
+    assert set(ablation.loc[ablation["reward_setting"] == "ndcg", "method"]) >= {"blade", "blade_static", "blade_nig"}
     # the analysis stage: tables, tests, claims, figures
     main = pd.read_csv(res / "tables/main.csv")
     assert set(main["method"]) >= {"sft", "mostpop", "cooc", *methods, "bon_n8", "oracle_bon_n8"}
@@ -165,6 +170,9 @@ def test_profiles_parse_and_local_profile_plans_the_dag(tmp_path):
         assert profile["rerun-incomplete"] is True, name
     slurm = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
     assert {"sft", "rollout", "align"} <= set(slurm["set-resources"]), "the GPU stages need GPU resources"
+    rules = {line.split()[1].rstrip(":") for smk in (ROOT / "workflow" / "rules").glob("*.smk")
+             for line in smk.read_text().splitlines() if line.startswith("rule ")}
+    assert set(slurm["set-resources"]) <= rules, f"resources for rules that do not exist: {set(slurm['set-resources']) - rules}"
     done = snakemake(tmp_path, "--profile", str(ROOT / "workflow" / "profiles" / "local"),
                      "--configfile", str(ROOT / ".test" / "config.yaml"), "-n")
     assert done.returncode == 0, done.stderr[-2000:]

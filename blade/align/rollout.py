@@ -68,12 +68,23 @@ def sample_groups(policy: Policy, histories: list[list[int]], k: int, group: int
 
 def reference_rollouts(data_dir: str | Path, model_dir: str | Path, out_path: str | Path, cfg: RolloutConfig,
                        reward_cfg: RewardConfig, seed: int, device: str | None = None) -> dict:
-    out_path = Path(out_path)
-    parts = out_path.with_name(out_path.name + ".parts")
+    """M lists per context from π_ref, scored under one reward setting, into ``out_path``."""
+    return reference_rollouts_scored(data_dir, model_dir, {"reward": (out_path, reward_cfg)}, cfg, seed,
+                                     device)["reward"]
+
+
+def reference_rollouts_scored(data_dir: str | Path, model_dir: str | Path,
+                              outs: dict[str, tuple[str | Path, RewardConfig]], cfg: RolloutConfig, seed: int,
+                              device: str | None = None) -> dict[str, dict]:
+    """One draw of M lists per context from π_ref, scored under every reward setting of ``outs``
+    (``{name: (Parquet path, reward config)}``): the lists do not depend on the reward, so the
+    settings share them and each file holds the same lists. Returns each file's summary."""
+    outs = {name: (Path(path), reward_cfg) for name, (path, reward_cfg) in outs.items()}
+    parts = {name: path.with_name(path.name + ".parts") for name, (path, _) in outs.items()}
     seed_everything(seed)
     items, splits, stats = load_prepared(data_dir)
     train = splits["train"]
-    reward = ListReward(reward_cfg, items, train, stats)
+    rewards = {name: ListReward(reward_cfg, items, train, stats) for name, (_, reward_cfg) in outs.items()}
     policy = Policy.load(model_dir, device)
     policy.model.eval()
     rows = context_rows(len(train), cfg.max_contexts)
@@ -82,8 +93,8 @@ def reference_rollouts(data_dir: str | Path, model_dir: str | Path, out_path: st
     n_chunks = -(-len(rows) // cfg.chunk)
     invalid = []
     for c in tqdm(range(n_chunks), desc="reference rollouts", mininterval=5):
-        part = parts / f"chunk{c:06d}.parquet"
-        if part.is_file():  # written by an earlier, interrupted run
+        todo = [name for name in outs if not (parts[name] / f"chunk{c:06d}.parquet").is_file()]
+        if not todo:  # written by an earlier, interrupted run
             continue
         chunk_rows = rows[c * cfg.chunk:(c + 1) * cfg.chunk]
         gen = torch_generator(policy.device, seed, c)
@@ -91,19 +102,25 @@ def reference_rollouts(data_dir: str | Path, model_dir: str | Path, out_path: st
                                  cfg.top_p, cfg.batch_size, gen)
         invalid.append(lists.invalid_rate)
         ctx = np.repeat(chunk_rows, cfg.m)
-        scores = reward([histories[r] for r in ctx], targets[ctx], lists.items.numpy())
-        frame = pd.DataFrame({"row": ctx, "sample": np.tile(np.arange(cfg.m), len(chunk_rows)),
-                              "items": list(lists.items.numpy())})
-        for name, values in scores.items():
-            frame[name] = values.astype(np.float64)
-        write_parquet(part, frame)
+        for name in todo:
+            scores = rewards[name]([histories[r] for r in ctx], targets[ctx], lists.items.numpy())
+            frame = pd.DataFrame({"row": ctx, "sample": np.tile(np.arange(cfg.m), len(chunk_rows)),
+                                  "items": list(lists.items.numpy())})
+            for component, values in scores.items():
+                frame[component] = values.astype(np.float64)
+            write_parquet(parts[name] / f"chunk{c:06d}.parquet", frame)
+    return {name: _merge_parts(path, parts[name], reward_cfg, len(rows), invalid)
+            for name, (path, reward_cfg) in outs.items()}
+
+
+def _merge_parts(out_path: Path, parts: Path, reward_cfg: RewardConfig, contexts: int, invalid: list[float]) -> dict:
     frame = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob("chunk*.parquet"))], ignore_index=True)
     # the reward setting travels with the file (Parquet metadata), so alignment can refuse a mismatch
     frame.attrs = {REWARD_ATTR: reward_fingerprint(reward_cfg)}
     write_parquet(out_path, frame)
     shutil.rmtree(parts, ignore_errors=True)
     per_ctx = frame.groupby("row")["reward"]
-    return {"contexts": int(len(rows)), "lists": int(len(frame)), "reward_mean": float(frame["reward"].mean()),
+    return {"contexts": int(contexts), "lists": int(len(frame)), "reward_mean": float(frame["reward"].mean()),
             "reward_max": float(frame["reward"].max()),
             "contexts_all_equal": float((per_ctx.nunique() == 1).mean()),  # no within-context spread at all
             "invalid_rate": float(np.mean(invalid)) if invalid else 0.0}

@@ -1,25 +1,26 @@
 rule rollout:
-    """M reference lists per train context from π_ref, scored under one reward setting (the prior)."""
+    """M reference lists per train context from π_ref (the prior), drawn once and scored under every
+    reward setting: one file per setting, the same lists in each."""
     input:
         summary="results/models/{dataset}/sft/seed{seed}/summary.json",
     output:
-        rollouts="results/rollouts/{dataset}/{reward}/ref/seed{seed}.parquet",
+        rollouts=expand("results/rollouts/{{dataset}}/{reward}/ref/seed{{seed}}.parquet", reward=REWARD_SETTINGS),
     params:
         blade=BLADE,
-        cfg=lambda wildcards: sections_json("rollout", reward=reward_section(wildcards.reward)),
+        cfg=sections_json("rollout", rewards={name: reward_section(name) for name in REWARD_SETTINGS}),
         data="results/data/{dataset}",
         model=lambda wildcards, input: os.path.join(os.path.dirname(input.summary), "best"),
+        out=lambda wildcards: f"results/rollouts/{wildcards.dataset}/{{reward}}/ref/seed{wildcards.seed}.parquet",
     log:
-        "results/logs/rollout/{dataset}/{reward}/seed{seed}.log",
+        "results/logs/rollout/{dataset}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/rollout/{dataset}/{reward}/seed{seed}.tsv"
+        "results/benchmarks/rollout/{dataset}/seed{seed}.tsv"
     threads: 1  # torch is pinned to one thread (blade/seeding.py: bits do not depend on the core count)
     conda:
         "../../environment.yml"
     shell:
-        "{params.blade} rollout --data {params.data} --model {params.model} --out {output.rollouts} "
-        "--seed {wildcards.seed} --dataset {wildcards.dataset} --reward-setting {wildcards.reward:q} "
-        "--config-json {params.cfg:q} > {log} 2>&1"
+        "{params.blade} rollout --data {params.data} --model {params.model} --out {params.out:q} "
+        "--seed {wildcards.seed} --dataset {wildcards.dataset} --config-json {params.cfg:q} > {log} 2>&1"
 
 
 rule align:

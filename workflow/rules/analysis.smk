@@ -28,7 +28,7 @@ ANALYSIS_TARGETS = analysis_outputs(TABLES, "results/figures")
 rule significance:
     """Paired per-user t-test and sign-flip test of BLADE vs every other row, Holm-corrected, with effect sizes."""
     input:
-        eval_files(EXP, [r for r in TABLE_ROWS if r.role != "oracle"], "per_user.parquet"),
+        present(eval_files(EXP, [r for r in TABLE_ROWS if r.role != "oracle"], "per_user.parquet")),
     output:
         report(f"{TABLES}/significance.csv", caption="../report/significance.rst", category="Tables"),
     params:
@@ -49,7 +49,7 @@ rule significance:
 rule main_table:
     """Every method × dataset × metric, mean ± std over seeds, best in bold, BLADE's significance marked."""
     input:
-        metrics=eval_files(EXP, TABLE_ROWS, "metrics.json"),
+        metrics=present(eval_files(EXP, TABLE_ROWS, "metrics.json")),
         significance=f"{TABLES}/significance.csv",
     output:
         csv=f"{TABLES}/main.csv",
@@ -73,7 +73,7 @@ rule main_table:
 rule listwise:
     """Per reward setting × method: the targeted list metric and the accuracy paid, vs SFT (§6.2)."""
     input:
-        eval_files(EXP, table_rows(EXP, roles=TRAINED, bon_ns=[]), "metrics.json"),
+        present(eval_files(EXP, table_rows(EXP, roles=TRAINED, bon_ns=[]), "metrics.json")),
     output:
         csv=f"{TABLES}/listwise.csv",
         md=f"{TABLES}/listwise.md",
@@ -95,8 +95,8 @@ rule listwise:
 rule ablation:
     """BLADE's variants grouped by the option that differs from `blade` (estimator, κ0, γ, N, G) (§6.6)."""
     input:
-        metrics=eval_files(EXP, BLADE_FAMILY, "metrics.json"),
-        runs=run_files(BLADE_FAMILY, "summary.json"),
+        metrics=present(eval_files(EXP, BLADE_FAMILY, "metrics.json")),
+        runs=present(run_files(BLADE_FAMILY, "summary.json")),
         significance=f"{TABLES}/significance.csv",
     output:
         csv=f"{TABLES}/ablation.csv",
@@ -119,10 +119,10 @@ rule ablation:
 rule figures:
     """Gradient decay, the static upper bound, cost–quality, training reward and KL (§6.3–6.5)."""
     input:
-        diagnostics=run_files(ALIGNED_ROWS, "diagnostics.parquet"),
-        curves=curve_files(DECAY_ROWS),
-        bon=eval_files(EXP, table_rows(EXP, roles=("bon", "oracle")), "metrics.json"),
-        sampled=eval_files(EXP, table_rows(EXP, roles=TRAINED, bon_ns=[]), "metrics.json", sample=True),
+        diagnostics=present(run_files(ALIGNED_ROWS, "diagnostics.parquet")),
+        curves=present(curve_files(DECAY_ROWS)),
+        bon=present(eval_files(EXP, table_rows(EXP, roles=("bon", "oracle")), "metrics.json")),
+        sampled=present(eval_files(EXP, table_rows(EXP, roles=TRAINED, bon_ns=[]), "metrics.json", sample=True)),
     output:
         png=[report(f"results/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
              for name in FIGURES],
@@ -146,11 +146,11 @@ rule claims:
     """Each §6 claim with its evidence and a verdict decided by the rules in analysis/claims.py."""
     input:
         significance=f"{TABLES}/significance.csv",
-        metrics=eval_files(EXP, TABLE_ROWS, "metrics.json"),
-        diagnostics=run_files(DECAY_ROWS, "diagnostics.parquet"),
-        curves=curve_files(BLADE_ROWS),
-        sampled=eval_files(EXP, BLADE_ROWS, "per_user.parquet", sample=True),
-        bon=eval_files(EXP, table_rows(EXP, roles=("bon",), bon_ns=[blade_n(EXP)]), "per_user.parquet"),
+        metrics=present(eval_files(EXP, TABLE_ROWS, "metrics.json")),
+        diagnostics=present(run_files(DECAY_ROWS, "diagnostics.parquet")),
+        curves=present(curve_files(BLADE_ROWS)),
+        sampled=present(eval_files(EXP, BLADE_ROWS, "per_user.parquet", sample=True)),
+        bon=present(eval_files(EXP, table_rows(EXP, roles=("bon",), bon_ns=[blade_n(EXP)]), "per_user.parquet")),
     output:
         csv=f"{TABLES}/claims.csv",
         md=f"{TABLES}/claims.md",
@@ -172,7 +172,7 @@ rule claims:
 rule provenance:
     """The git commit, library versions and resolved config behind the results."""
     input:
-        all_metrics(),
+        present(all_metrics()),
     output:
         md=f"{TABLES}/provenance.md",
         html=report(f"{TABLES}/provenance.html", caption="../report/provenance.rst", category="Provenance"),

@@ -16,7 +16,7 @@ EXP = resolve(config)
 
 DATASETS = EXP.run.datasets
 SEEDS = EXP.run.seeds
-ALIGNED = EXP.run.methods
+ALIGNED = EXP.aligned  # run.methods, then run.sweep (trained under the first reward setting only)
 REWARD_SETTINGS = EXP.run.rewards
 SPLITS = ["train", "valid", "test"]
 # The interpreter that runs Snakemake has the suite installed; calling it directly avoids
@@ -61,15 +61,19 @@ def all_metrics():
                        dataset=DATASETS, reward=NO_REWARD, seed=SEEDS, split=splits)
     refs = expand("results/eval/{dataset}/{reward}/{method}/seed0/{split}/metrics.json",
                   dataset=DATASETS, reward=NO_REWARD, method=EXP.evaluate.references, split=splits)
-    aligned = expand("results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/metrics.json",
-                     dataset=DATASETS, reward=REWARD_SETTINGS, method=ALIGNED, seed=SEEDS, split=splits)
+    aligned = [path for reward in REWARD_SETTINGS
+               for path in expand("results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/metrics.json",
+                                  dataset=DATASETS, reward=reward, method=EXP.methods_for(reward), seed=SEEDS,
+                                  split=splits)]
     inference = EXP.evaluate.inference_splits
     sampled = []
     if EXP.evaluate.samples:  # every trained row's sampled decoding
         sampled = expand("results/eval/{dataset}/{reward}/sft/seed{seed}/{split}/sample/metrics.json",
                          dataset=DATASETS, reward=NO_REWARD, seed=SEEDS, split=inference)
-        sampled += expand("results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/sample/metrics.json",
-                          dataset=DATASETS, reward=REWARD_SETTINGS, method=ALIGNED, seed=SEEDS, split=inference)
+        sampled += [path for reward in REWARD_SETTINGS
+                    for path in expand("results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/sample/metrics.json",
+                                       dataset=DATASETS, reward=reward, method=EXP.methods_for(reward), seed=SEEDS,
+                                       split=inference)]
     bon = expand("results/eval/{dataset}/{reward}/{method}/seed{seed}/{split}/metrics.json", dataset=DATASETS,
                  reward=REWARD_SETTINGS, method=EXP.evaluate.bon_rows, seed=SEEDS, split=inference)
     return unaligned + refs + aligned + sampled + bon
@@ -87,3 +91,9 @@ def eval_outputs(root, policy=True):
     if policy and EXP.evaluate.samples:
         dirs += [f"{split}/sample" for split in EXP.evaluate.inference_splits]
     return [f"{root}/{d}/{name}" for d in dirs for name in names]
+
+
+def present(paths):
+    """A rule's per-run inputs: all of them (Snakemake builds what is missing), or — in a partial
+    analysis (`--config partial=True`) — only those already written; the tables name the rest missing."""
+    return [p for p in paths if os.path.exists(p)] if EXP.partial else paths

@@ -10,32 +10,32 @@
 
 rule best_of_n:
     """Best-of-N over π_ref at inference for every N in evaluate.bon_n, by the inference reward
-    (bon_n{N}) and by the ground truth (oracle_bon_n{N}), from one shared draw of max N lists; each
-    row's metrics in the same process."""
+    (bon_n{N}) and by the ground truth (oracle_bon_n{N}) of every reward setting, from one shared
+    draw of max N lists; each row's metrics in the same process."""
     input:
         sft="results/models/{dataset}/sft/seed{seed}/summary.json",
         stats="results/data/{dataset}/stats.json",
     output:
-        scored=expand("results/eval/{{dataset}}/{{reward}}/{method}/seed{{seed}}/{{split}}/{name}",
-                      method=EXP.evaluate.bon_rows, name=[*EVAL_FILES, "cost.json"]),
+        scored=expand("results/eval/{{dataset}}/{reward}/{method}/seed{{seed}}/{{split}}/{name}",
+                      reward=REWARD_SETTINGS, method=EXP.evaluate.bon_rows, name=[*EVAL_FILES, "cost.json"]),
     params:
         blade=BLADE,
         data=lambda wildcards, input: os.path.dirname(input.stats),
         model=lambda wildcards, input: os.path.join(os.path.dirname(input.sft), "best"),
-        cfg=lambda wildcards: sections_json("evaluate", reward=reward_section(wildcards.reward)),
-        out=lambda wildcards: f"results/eval/{wildcards.dataset}/{wildcards.reward}/{{method}}/seed{wildcards.seed}/"
+        cfg=sections_json("evaluate", rewards={name: reward_section(name) for name in REWARD_SETTINGS}),
+        out=lambda wildcards: f"results/eval/{wildcards.dataset}/{{reward}}/{{method}}/seed{wildcards.seed}/"
                               f"{wildcards.split}/recs.jsonl",
     log:
-        "results/logs/best_of_n/{dataset}/{reward}/seed{seed}/{split}.log",
+        "results/logs/best_of_n/{dataset}/seed{seed}/{split}.log",
     benchmark:
-        "results/benchmarks/best_of_n/{dataset}/{reward}/seed{seed}/{split}.tsv"
+        "results/benchmarks/best_of_n/{dataset}/seed{seed}/{split}.tsv"
     threads: 1  # torch is pinned to one thread (blade/seeding.py: bits do not depend on the core count)
     conda:
         "../../environment.yml"
     shell:
         "{params.blade} bon --model {params.model} --data {params.data} --split {wildcards.split} "
         "--seed {wildcards.seed} --config-json {params.cfg:q} --out {params.out:q} --evaluate "
-        "--dataset {wildcards.dataset} --reward-setting {wildcards.reward:q} > {log} 2>&1"
+        "--dataset {wildcards.dataset} > {log} 2>&1"
 
 
 rule score_reference:
