@@ -93,32 +93,10 @@ def cmd_recommend(args: argparse.Namespace) -> None:
 
 
 def cmd_bon(args: argparse.Namespace) -> None:
-    from blade.config import from_dict
-    from blade.errors import ConfigError
-    from blade.experiment import EvalConfig
-    from blade.recommend import best_of_n_settings, write_with_cost
-    from blade.stages import per_setting, reward_settings
+    from blade import stages
 
-    if "{method}" not in args.out:
-        raise ConfigError("--out must hold {method}, e.g. results/eval/DS/ndcg/{method}/seed0/test/recs.jsonl")
-    raw = _json_arg(args.config_json, "--config-json")
-    settings = reward_settings(raw, args.reward_setting)
-    outs = per_setting(args.out, settings, "--out")
-    evaluation = from_dict(EvalConfig, raw.get("evaluate"), "evaluate")
-    picked = best_of_n_settings(args.model, args.data, args.split, evaluation.k, evaluation.bon_n, settings,
-                                evaluation.batch_size, args.seed, args.device)
-    for name, rows in picked.items():
-        paths = {}
-        for (kind, n), (lists, cost) in rows.items():
-            paths[f"{kind}_n{n}"] = outs[name].replace("{method}", f"{kind}_n{n}")
-            write_with_cost(paths[f"{kind}_n{n}"], lists, cost)
-        print(f"wrote Best-of-N lists by {name} for N in {evaluation.bon_n} to {outs[name]}")
-        if args.evaluate:
-            from blade.scoring import evaluate_lists_files
-
-            evaluate_lists_files(paths, args.data, args.split, evaluation, args.seed, args.dataset,
-                                 name if "rewards" in raw else args.reward_setting)
-            print(f"evaluated {len(paths)} rows (metrics.json, per_user.parquet beside each)")
+    stages.bon(_json_arg(args.config_json, "--config-json"), args.model, args.data, args.split, args.out, args.seed,
+               args.dataset, args.reward_setting, args.device, args.evaluate)
 
 
 def cmd_score(args: argparse.Namespace) -> None:

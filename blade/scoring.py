@@ -4,8 +4,9 @@ metrics, in one go.
 A row's evaluation is several small pieces — greedy lists on valid and test, S sampled lists on
 the inference splits, the per-step snapshot curve — each a few seconds of work behind several
 seconds of interpreter start (torch, transformers and MLflow imports). Run as separate jobs they
-cost more in start-up than in work, so the producing job (``blade sft``/``align``/``bon``, or
-``blade score`` for a reference row or any saved policy) scores its own row here. The files are
+cost more in start-up than in work, so the producing job (``blade sft``/``align``, or
+``blade score`` for a reference row or any saved policy) scores its own row here; ``blade bon``
+evaluates its rows likewise (:func:`blade.stages.bon`). The files are
 the ones the separate commands write, in the same places::
 
     {root}/{split}/recs.jsonl, cost.json, metrics.json, per_user.parquet   greedy, every evaluate.splits
@@ -51,16 +52,6 @@ def score_row(root: str | Path, data: str | Path, evaluation, seed: int, dataset
         out[name] = evaluate(str(where / "recs.jsonl"), str(data), split, str(where), evaluation.ks, dataset, method,
                              seed, reward_name)
     return out
-
-
-def evaluate_lists_files(paths: dict[str, str | Path], data: str | Path, split: str, evaluation, seed: int,
-                         dataset: str, reward_name: str | None) -> None:
-    """Evaluate already written lists: ``{method: …/{method}/seed{s}/{split}/recs.jsonl}`` (the BoN rows)."""
-    from blade.stages import evaluate
-
-    for method, recs in paths.items():
-        evaluate(str(recs), str(data), split, str(Path(recs).parent), evaluation.ks, dataset, method, seed,
-                 reward_name)
 
 
 # ------------------------------------------------------------------------- the snapshot curve

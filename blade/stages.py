@@ -171,3 +171,32 @@ def score(raw: Mapping[str, Any], data: str, root: str, seed: int, dataset: str,
 
     evaluation = sections(raw, evaluate=EvalConfig)["evaluate"]
     return score_row(root, data, evaluation, seed, dataset, method, reward_name, model, reference, device)
+
+
+def bon(raw: Mapping[str, Any], model: str, data: str, split: str, out: str, seed: int, dataset: str,
+        reward_name: str | None, device: str | None, evaluate_rows: bool = False) -> dict[str, dict[str, str]]:
+    """Best-of-N rows over π_ref from one draw, picked by each reward setting (``out`` holds
+    ``{method}``, and ``{reward}`` when there are several), each written with its cost and, with
+    ``evaluate_rows``, evaluated beside it. Returns ``{setting: {row: recs path}}``."""
+    from blade.errors import ConfigError
+    from blade.experiment import EvalConfig
+    from blade.recommend import best_of_n_settings, write_with_cost
+
+    if "{method}" not in out:
+        raise ConfigError("--out must hold {method}, e.g. results/eval/DS/ndcg/{method}/seed0/test/recs.jsonl")
+    settings = reward_settings(raw, reward_name)
+    outs = per_setting(out, settings, "--out")
+    evaluation = sections(raw, evaluate=EvalConfig)["evaluate"]
+    picked = best_of_n_settings(model, data, split, evaluation.k, evaluation.bon_n, settings, evaluation.batch_size,
+                                seed, device)
+    written = {}
+    for name, rows in picked.items():
+        paths = written[name] = {}
+        for (kind, n), (lists, cost) in rows.items():
+            paths[f"{kind}_n{n}"] = outs[name].replace("{method}", f"{kind}_n{n}")
+            write_with_cost(paths[f"{kind}_n{n}"], lists, cost)
+        print(f"wrote Best-of-N lists by {name} for N in {evaluation.bon_n} to {outs[name]}")
+        for method, recs in paths.items() if evaluate_rows else ():
+            evaluate(recs, data, split, str(Path(recs).parent), evaluation.ks, dataset, method, seed,
+                     name if "rewards" in raw else reward_name)
+    return written
