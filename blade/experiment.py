@@ -48,6 +48,9 @@ class RunConfig:
 
     sweep: list[str] = option([], help="more entries of `methods` (e.g. BLADE variants: the §6.6 ablation sweep), "
                                        "trained under the first reward setting only")
+    tracking_uri: str = option("", help="MLflow tracking URI every job logs to (e.g. http://host:5000, a shared "
+                                        "tracking server for a cluster); empty = $MLFLOW_TRACKING_URI, else the "
+                                        "SQLite store results/mlflow.db")
 
     def __post_init__(self) -> None:
         for key in ("datasets", "seeds", "rewards"):

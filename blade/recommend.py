@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from blade.data.canonical import load_prepared
 from blade.errors import ConfigError
@@ -161,6 +162,10 @@ def recommend(out: str | Path, data_dir: str | Path, split: str, k: int, batch_s
     and, for a policy, ``cost.json`` beside it; returns the number of rows."""
     if (model_dir is None) == (reference is None):
         raise ConfigError("recommend: give exactly one of a model directory or a reference row name")
+    n_items = len(pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_id"]))
+    if k > n_items:
+        raise ConfigError(f"evaluate.k = {k}, but the catalogue of {data_dir} holds {n_items} items: a list cannot "
+                          f"hold {k} distinct items; set evaluate.k (and evaluate.ks) to at most {n_items}")
     if reference:
         lists, cost = reference_lists(reference, data_dir, split, k, seed), None
     elif samples:

@@ -53,6 +53,13 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+def use_tracking_uri(uri: str) -> None:
+    """Make ``uri`` the tracking URI of this process and of every job it starts (config
+    ``run.tracking_uri``; empty leaves $MLFLOW_TRACKING_URI or the SQLite default)."""
+    if uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
 def _sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (relative or absolute); None for a server."""
     return Path(uri.removeprefix("sqlite:///").split("?")[0]) if uri.startswith("sqlite:///") else None

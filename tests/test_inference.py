@@ -91,3 +91,15 @@ def test_best_of_n_under_several_reward_settings_shares_one_draw(sft_model):
             np.testing.assert_array_equal(both[name][key][0], lists)
     # the settings differ in what they pick, not in what was drawn
     assert any((both["a"][k][0] != both["b"][k][0]).any() for k in both["a"] if k[1] > 1)
+
+
+def test_lists_longer_than_the_catalogue_are_refused_by_name(tmp_path):
+    from blade.errors import ConfigError
+    from blade.recommend import recommend
+
+    data = tiny_dataset(tmp_path / "data")  # 40 items
+    with pytest.raises(ConfigError, match=r"evaluate.k = 41, but the catalogue of .* holds 40 items"):
+        recommend(tmp_path / "recs.jsonl", data, "test", 41, 64, reference="cooc")
+    assert not (tmp_path / "recs.jsonl").exists()
+    recommend(tmp_path / "recs.jsonl", data, "test", 40, 64, reference="cooc")  # the whole catalogue is fine
+    assert (tmp_path / "recs.jsonl").is_file()

@@ -150,7 +150,7 @@ def test_lint_is_clean(tmp_path):
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-def test_paper_config_prepares_real_datasets(video_games, goodreads, tmp_path):
+def test_real_config_prepares_real_datasets(video_games, goodreads, tmp_path):
     # run from a scratch directory whose ../shared/data resolves like the project root's
     work = tmp_path / "main"
     work.mkdir()
@@ -158,7 +158,7 @@ def test_paper_config_prepares_real_datasets(video_games, goodreads, tmp_path):
     shutil.copytree(ROOT / "config", work / "config")
     # the targets go first: --configfile takes every path that follows it
     done = snakemake(work, "results/data/video_games/stats.json", "results/data/goodreads/stats.json",
-                     "--configfile", str(ROOT / "config" / "paper.yaml"))
+                     "--configfile", str(ROOT / "config" / "real.yaml"))
     assert done.returncode == 0, done.stderr[-3000:]
     vg = json.loads((work / "results/data/video_games/stats.json").read_text())
     assert vg["n_rows"] == {"train": 49133, "valid": 6142, "test": 6142}

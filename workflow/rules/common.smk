@@ -9,6 +9,7 @@ import sys
 from snakemake.utils import validate
 
 from blade.experiment import NO_REWARD, UNALIGNED_ROWS, resolve
+from blade.tracking import use_tracking_uri
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -19,6 +20,8 @@ SEEDS = EXP.run.seeds
 ALIGNED = EXP.aligned  # run.methods, then run.sweep (trained under the first reward setting only)
 REWARD_SETTINGS = EXP.run.rewards
 SPLITS = ["train", "valid", "test"]
+# jobs inherit it: locally, and on SLURM, where each job re-reads this file
+use_tracking_uri(EXP.run.tracking_uri)
 # The interpreter that runs Snakemake has the suite installed; calling it directly avoids
 # depending on PATH inside job shells.
 BLADE = f"{sys.executable} -m blade.cli"
