@@ -48,6 +48,8 @@ class RunConfig:
 
     sweep: list[str] = option([], help="more entries of `methods` (e.g. BLADE variants: the §6.6 ablation sweep), "
                                        "trained under the first reward setting only")
+    processes: int = option(1, help="data-parallel processes per SFT and alignment job (accelerate launch; one per "
+                                    "GPU, blade/distributed.py); 1 = one plain process")
     tracking_uri: str = option("", help="MLflow tracking URI every job logs to (e.g. http://host:5000, a shared "
                                         "tracking server for a cluster); empty = $MLFLOW_TRACKING_URI, else the "
                                         "SQLite store results/mlflow.db")
@@ -56,6 +58,8 @@ class RunConfig:
         for key in ("datasets", "seeds", "rewards"):
             if not getattr(self, key):
                 raise ValueError(f"{key} must name at least one entry")
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
         if any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be >= 0, got {self.seeds}")
 

@@ -24,8 +24,13 @@ def sections(raw: Mapping[str, Any], **classes: type) -> dict[str, Any]:
 def run_stage(stage: str, dataset: str, method: str, seed: int, resolved: Mapping[str, Any],
               work: Callable[[Any], dict], summary_path: str | Path, run_dir: str | Path | None = None,
               reward: str | None = None, artifacts: tuple[str | Path, ...] = ()) -> dict:
-    """Track ``work(tracker) -> summary`` as one MLflow run and write its summary atomically."""
+    """Track ``work(tracker) -> summary`` as one MLflow run and write its summary atomically. In a
+    data-parallel launch only the main process tracks and writes (blade/distributed.py)."""
+    from blade.distributed import group
     from blade.tracking import track
+
+    if not group().main:
+        return work(None)
 
     with track(stage, dataset, method, seed, resolved, run_dir=run_dir, reward=reward) as tracker:
         summary = work(tracker)
@@ -45,6 +50,7 @@ def _plain(cfgs: Mapping[str, Any]) -> dict[str, Any]:
 
 def sft(raw: Mapping[str, Any], data: str, out: str, seed: int, dataset: str, eval_root: str | None = None) -> dict:
     """SFT, then (``eval_root``) the selected policy's lists and metrics (blade/scoring.py)."""
+    from blade.distributed import group
     from blade.experiment import NO_REWARD, EvalConfig
     from blade.model.config import PolicyConfig
     from blade.scoring import score_row
@@ -56,7 +62,7 @@ def sft(raw: Mapping[str, Any], data: str, out: str, seed: int, dataset: str, ev
     summary = run_stage("sft", dataset, "sft", seed, resolved, summary_path=f"{out}/summary.json", run_dir=out,
                         work=lambda t: train_sft(data, out, cfg["policy"], cfg["sft"], seed, t, cfg["evaluate"]),
                         artifacts=(f"{out}/train_log.parquet",))
-    if eval_root:
+    if eval_root and group().main:
         score_row(eval_root, data, cfg["evaluate"], seed, dataset, "sft", NO_REWARD, model=f"{out}/best")
     return summary
 
@@ -133,9 +139,12 @@ def align(raw: Mapping[str, Any], data: str, sft_dir: str, rollouts: str, out: s
 
 def _score_aligned(out: str, data: str, evaluation, seed: int, dataset: str, method: str, reward_name: str | None,
                    device: str | None, eval_root: str | None, curve: str | None) -> None:
+    from blade.distributed import group
     from blade.io import write_parquet
     from blade.scoring import score_row, snapshot_curve
 
+    if not group().main:  # a data-parallel launch scores once, in its main process
+        return
     if eval_root:
         score_row(eval_root, data, evaluation, seed, dataset, method, reward_name, model=f"{out}/best", device=device)
     if curve:

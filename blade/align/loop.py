@@ -36,6 +36,7 @@ from blade.align.estimators import RefPrior
 from blade.align.rollout import check_rollout_reward, sample_groups
 from blade.align.config import AlignConfig, method_objective
 from blade.data.canonical import load_prepared
+from blade.distributed import group
 from blade.experiment import EvalConfig
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy
@@ -59,6 +60,7 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
     out = Path(out_dir)
     ckpt, best_dir = out / "checkpoint", out / "best"
     seed_everything(seed)
+    procs = group()  # one process, or this one's share of a data-parallel launch
     items, splits, stats = load_prepared(data_dir)
     train, valid = splits["train"], splits["valid"]
     evaluation = evaluation or EvalConfig()
@@ -108,8 +110,12 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
             _evaluate(policy, valid, cfg, evaluation, reward, state, state["step"], best_dir, tracker)
             state["objective"] = objective.state_dict()
-            save_checkpoint(ckpt, policy, opt, state, extras={"anchor": anchor} if anchor is not None else None)
-            write_parquet(out / "diagnostics.parquet", pd.DataFrame(state["log"]))
+            if procs.main:
+                save_checkpoint(ckpt, policy, opt, state, extras={"anchor": anchor} if anchor is not None else None)
+                write_parquet(out / "diagnostics.parquet", pd.DataFrame(state["log"]))
+            procs.barrier()  # a resumed launch reads the checkpoint every process saw written
+    if not procs.main:
+        return {}
     write_parquet(out / "diagnostics.parquet", pd.DataFrame(state["log"]))
     write_parquet(out / "valid_curve.parquet", pd.DataFrame(state["valid"]))
     write_json(out / "align_config.json", {"align": dataclasses.asdict(cfg), "reward": dataclasses.asdict(reward_cfg),
@@ -191,14 +197,19 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
     # it is measured every `grad_norm_every` steps (and at step 1); other steps take one backward.
     measure = (step + 1) % cfg.grad_norm_every == 0 or step == 0
     gnorm_align = float("nan")
+    procs = group()  # data-parallel: each process backpropagates its share of the lists; gradients are summed
     if measure and penalty.requires_grad and align_loss.requires_grad:
         align_loss.backward(retain_graph=True)
+        procs.sum_gradients(params)
         gnorm_align = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        before = [None if p.grad is None else p.grad.clone() for p in params] if procs.world > 1 else None
         penalty.backward()
+        procs.sum_gradients(params, before)
     else:
         total = align_loss + penalty
         if total.requires_grad:
             total.backward()
+        procs.sum_gradients(params)
         if measure:  # no regulariser (or no alignment gradient): the total is the alignment term's
             gnorm_align = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
     t_backward = lap()
@@ -225,9 +236,7 @@ def _scored(policy: Policy, ref: Policy, prompts: list[list[int]], conts: list[l
         keep = None
     if keep is not None:
         prompts, conts, n = [prompts[i] for i in keep], [conts[i] for i in keep], len(conts)
-    token_logp, mask = policy.token_logprobs(prompts, conts, constrained=True)    # (L, T), with grad
-    with torch.no_grad():
-        ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
+    token_logp, mask, ref_logp = _scored_shared(policy, ref, prompts, conts)       # (L, T), token_logp with grad
     if keep is None:
         return token_logp, mask, ref_logp
     # back to (B·G, T): an unread list points at row 0 and is zeroed (its gradient too)
@@ -237,6 +246,24 @@ def _scored(policy: Policy, ref: Policy, prompts: list[list[int]], conts: list[l
     on[torch.as_tensor(keep, device=at.device)] = True
     on = on[:, None]
     return torch.where(on, token_logp[at], 0.0), mask[at] & on, torch.where(on, ref_logp[at], 0.0)
+
+
+def _scored_shared(policy: Policy, ref: Policy, prompts: list[list[int]], conts: list[list[int]]):
+    """:func:`_scored`'s forward passes; in a data-parallel launch each process runs those of its
+    share of the lists and the shares are gathered (its own keeping its graph, blade/distributed.py)."""
+    procs, n = group(), len(conts)
+    if procs.world > 1:
+        share = procs.share(n)
+        prompts, conts = [prompts[i] for i in share], [conts[i] for i in share]
+    token_logp, mask = policy.token_logprobs(prompts, conts, constrained=True)    # (L_share, T), with grad
+    with torch.no_grad():
+        ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
+    if procs.world == 1:
+        return token_logp, mask, ref_logp
+    token_logp = procs.gather_rows(token_logp, share, n)                          # (L, T_max)
+    ref_logp = procs.gather_rows(ref_logp, share, n)
+    mask = procs.gather_rows(mask.to(token_logp.dtype), share, n) > 0.5             # gloo moves no bool tensors
+    return token_logp, mask, ref_logp
 
 
 class ReferenceGroups:
@@ -303,8 +330,11 @@ def _evaluate(policy: Policy, valid: pd.DataFrame, cfg: AlignConfig, evaluation:
         tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
     score = metrics[cfg.select_metric]
     print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    main = group().main  # a data-parallel launch writes from its main process only
     # every evaluated policy, for test-vs-step curves scored after training (LoRA: the adapter only)
-    policy.save(best_dir.parent / "snapshots" / f"step{step:06d}")
+    if main:
+        policy.save(best_dir.parent / "snapshots" / f"step{step:06d}")
     if score > state["best"]:
         state.update(best=score, best_step=step)
-        policy.save(best_dir)
+        if main:
+            policy.save(best_dir)

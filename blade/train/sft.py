@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from blade.data.canonical import load_prepared
+from blade.distributed import group
 from blade.experiment import EvalConfig
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy, PolicyConfig
@@ -134,10 +135,11 @@ class _LogitsTap:
 
 
 def sft_loss(policy: Policy, prompts: list[list[int]], conts: list[list[int]], weights: list[list[float]],
-             label_smoothing: float) -> torch.Tensor:
+             label_smoothing: float, total_weight: float | None = None) -> torch.Tensor:
     """Weighted token NLL of the target lists: Σ_t w_t ℓ_t / Σ_t w_t with ℓ_t = -log p(y_t) (ε = 0),
     or (1-ε)(-log p(y_t)) + ε·mean_v(-log p(v)) — cross-entropy against the smoothed one-hot
-    (Szegedy et al. 2016, §7)."""
+    (Szegedy et al. 2016, §7). ``total_weight``: the denominator, when these rows are one process's
+    share of a batch (blade/distributed.py); default Σ_t w_t of these rows."""
     with _LogitsTap(policy.model) as tap:
         logp, mask = policy.token_logprobs(prompts, conts)  # (R, T), 0 on padding
     w = torch.zeros_like(logp)  # (R, T)
@@ -147,7 +149,8 @@ def sft_loss(policy: Policy, prompts: list[list[int]], conts: list[list[int]], w
     if label_smoothing:
         uniform = -torch.log_softmax(tap.logits[:, :-1].float(), dim=-1).mean(-1)  # (R, T)
         nll = (1 - label_smoothing) * nll + label_smoothing * uniform
-    return (w * nll * mask).sum() / (w * mask).sum().clamp(min=1e-12)
+    denominator = (w * mask).sum().clamp(min=1e-12) if total_weight is None else total_weight
+    return (w * nll * mask).sum() / denominator
 
 
 def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfig, cfg: SFTConfig, seed: int,
@@ -156,6 +159,7 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
     out = Path(out_dir)
     ckpt, best_dir = out / "checkpoint", out / "best"
     seed_everything(seed)
+    procs = group()  # one process, or this one's share of a data-parallel launch
     items, splits, _ = load_prepared(data_dir)
     train, valid = splits["train"], splits["valid"]
     evaluation = evaluation or EvalConfig()
@@ -189,10 +193,17 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
         losses = []
         for b in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.epochs}", mininterval=5):
             idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            loss = sft_loss(policy, [prompts[i] for i in idx], [conts[i] for i in idx], [weights[i] for i in idx],
-                            cfg.label_smoothing)
+            total_weight = float(sum(sum(weights[i]) for i in idx))  # the whole batch's, in every process
+            idx = idx[procs.share(len(idx))]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(idx):
+                loss = sft_loss(policy, [prompts[i] for i in idx], [conts[i] for i in idx],
+                                [weights[i] for i in idx], cfg.label_smoothing, total_weight)
+                loss.backward()
+            else:  # a last batch smaller than the process count
+                loss = torch.zeros((), device=policy.device)
+            procs.sum_gradients(params)
+            loss = procs.sum(loss.detach())
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
@@ -211,11 +222,16 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if score > state["best"]:
             state.update(best=score, best_epoch=epoch + 1, stale=0)
-            policy.save(best_dir)
+            if procs.main:
+                policy.save(best_dir)
         else:
             state["stale"] += 1
         state["epoch"] = epoch + 1
-        save_checkpoint(ckpt, policy, opt, state)
+        if procs.main:
+            save_checkpoint(ckpt, policy, opt, state)
+        procs.barrier()  # a resumed launch reads the checkpoint every process saw written
+    if not procs.main:
+        return {}
     write_parquet(out / "train_log.parquet", pd.DataFrame(state["log"]))
     write_json(out / "sft_config.json", {"sft": dataclasses.asdict(cfg), "policy": dataclasses.asdict(policy_cfg),
                                          "evaluate": dataclasses.asdict(evaluation), "seed": seed})

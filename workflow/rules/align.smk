@@ -36,7 +36,7 @@ rule align:
         curve="results/curves/{dataset}/{reward}/{method}/seed{seed}.parquet",
         scored=eval_outputs("results/eval/{dataset}/{reward}/{method}/seed{seed}"),
     params:
-        blade=BLADE,
+        blade=TRAIN,
         cfg=lambda wildcards: sections_json("align", "evaluate", reward=reward_section(wildcards.reward),
                                             method=EXP.method(wildcards.method)),
         data="results/data/{dataset}",
@@ -47,7 +47,7 @@ rule align:
         "results/logs/align/{dataset}/{reward}/{method}/seed{seed}.log",
     benchmark:
         "results/benchmarks/align/{dataset}/{reward}/{method}/seed{seed}.tsv"
-    threads: 1  # torch is pinned to one thread (blade/seeding.py: bits do not depend on the core count)
+    threads: EXP.run.processes  # one pinned torch thread per process (blade/seeding.py)
     conda:
         "../../environment.yml"
     shell:

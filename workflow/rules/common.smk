@@ -25,6 +25,11 @@ use_tracking_uri(EXP.run.tracking_uri)
 # The interpreter that runs Snakemake has the suite installed; calling it directly avoids
 # depending on PATH inside job shells.
 BLADE = f"{sys.executable} -m blade.cli"
+# SFT and alignment jobs: data-parallel over run.processes processes (blade/distributed.py) through
+# `accelerate launch` (its --multi_gpu mode is torch's launcher: NCCL on GPUs, gloo on CPUs).
+TRAIN = BLADE if EXP.run.processes == 1 else (
+    f"{sys.executable} -m accelerate.commands.launch --num_processes {EXP.run.processes} --num_machines 1 "
+    "--mixed_precision no --dynamo_backend no --multi_gpu -m blade.cli")
 
 
 def _alternatives(names):

@@ -7,7 +7,7 @@ rule sft:
         summary="results/models/{dataset}/sft/seed{seed}/summary.json",
         scored=eval_outputs(f"results/eval/{{dataset}}/{NO_REWARD}/sft/seed{{seed}}"),
     params:
-        blade=BLADE,
+        blade=TRAIN,
         cfg=lambda wildcards: sections_json("policy", "sft", "evaluate"),
         data=lambda wildcards, input: os.path.dirname(input.stats),
         out=lambda wildcards, output: os.path.dirname(output.summary),
@@ -16,7 +16,7 @@ rule sft:
         "results/logs/sft/{dataset}/seed{seed}.log",
     benchmark:
         "results/benchmarks/sft/{dataset}/seed{seed}.tsv"
-    threads: 1  # torch is pinned to one thread (blade/seeding.py: bits do not depend on the core count)
+    threads: EXP.run.processes  # one pinned torch thread per process (blade/seeding.py)
     conda:
         "../../environment.yml"
     shell:
