@@ -1,0 +1,45 @@
+"""analysis/publish.py: the docs/results snapshot of a finished run."""
+
+import pandas as pd
+import pytest
+
+from analysis.publish import TABLES, publish, significance_summary
+
+
+def _row(**kw):
+    base = dict(dataset="vg", reward_setting="ndcg", split="test", baseline="cooc", metric="ndcg@10", blade_mean=0.05,
+                baseline_mean=0.06, diff=-0.01, ci_low=-0.015, ci_high=-0.005, d_z=-0.2, p_ttest_holm=0.001,
+                p_perm_holm=0.002, significant=True, better="baseline")
+    return {**base, **kw}
+
+
+def test_significance_summary_states_each_comparison():
+    frame = pd.DataFrame([_row(), _row(baseline="sft", diff=0.002, significant=False, better="blade"),
+                          _row(metric="coverage@10"), _row(reward_setting="ndcg+fairness", baseline="dpo", better="blade",
+                                                            diff=0.01, ci_low=0.004, ci_high=0.016)])
+    text = significance_summary(frame)
+    assert text.count("## ") == 2 and "## vg · ndcg · test" in text and "## vg · ndcg+fairness · test" in text
+    assert "| ndcg@10 | cooc | 0.0500 | 0.0600 | -0.0100 | [-0.0150, -0.0050] | -0.200 | 0.001 | 0.002 | row better |" in text
+    assert "| sft |" in text and "no significant difference" in text
+    assert "| dpo |" in text and "BLADE better" in text
+    assert "coverage@10" not in text  # only the summary metrics
+
+
+def test_publish_copies_the_run_and_refuses_an_unfinished_one(tmp_path):
+    results = tmp_path / "results"
+    (results / "tables").mkdir(parents=True)
+    (results / "figures").mkdir()
+    with pytest.raises(SystemExit, match="main.md"):
+        publish(results, tmp_path / "out", "snakemake")
+    for name in TABLES:
+        (results / "tables" / name).write_text(f"# {name}\n")
+    pd.DataFrame([_row()]).to_csv(results / "tables" / "significance.csv", index=False)
+    (results / "figures" / "static_bound.png").write_bytes(b"\x89PNG")
+    (results / "figures" / "static_bound.pdf").write_bytes(b"%PDF")
+    publish(results, tmp_path / "out", "snakemake --cores all --configfile config/real.yaml")
+    out = tmp_path / "out"
+    assert (out / "main.md").read_text() == "# main.md\n"
+    assert (out / "command.txt").read_text() == "snakemake --cores all --configfile config/real.yaml\n"
+    assert (out / "figures" / "static_bound.png").read_bytes() == b"\x89PNG"
+    assert not (out / "figures" / "static_bound.pdf").exists()
+    assert "row better" in (out / "significance.md").read_text()
