@@ -43,3 +43,15 @@ def test_publish_copies_the_run_and_refuses_an_unfinished_one(tmp_path):
     assert (out / "figures" / "static_bound.png").read_bytes() == b"\x89PNG"
     assert not (out / "figures" / "static_bound.pdf").exists()
     assert "row better" in (out / "significance.md").read_text()
+
+
+def test_sft_gap_row_properties_by_hand():
+    from analysis.sft_gap import row_properties, train_transitions
+
+    train = pd.DataFrame({"history": [[1, 2], [2, 3], [5]], "target": [3, 4, 3]})
+    assert train_transitions(train) == {(1, 2), (2, 3), (3, 4), (5, 3)}
+    test = pd.DataFrame({"history": [[7, 2], [4], [5], [1]], "target": [3, 5, 3, 9]})
+    props = row_properties(train, test)
+    assert props["transition_in_train"].tolist() == [True, False, True, False]
+    # target 3 occurs twice as a train target, 5 never (it is only a history item), 9 never
+    assert props["target_train_count"].tolist() == ["1-4", "cold (0)", "1-4", "cold (0)"]
