@@ -62,27 +62,65 @@ class Group:
 
             dist.barrier()
 
-    def sum_gradients(self, params, before=None) -> None:
-        """Sum each parameter's gradient over the processes, in one flat all-reduce. ``before``
-        (gradients held before the last backward pass) is left out of the sum and added back, so a
-        loss backpropagated in two passes is summed once per pass."""
+    def sum_gradients(self, params) -> None:
+        """Sum each parameter's gradient over the processes (one all-reduce per dtype). A parameter
+        no process has a gradient for keeps ``grad = None``, as in one process (AdamW skips it)."""
         if self.world == 1:
             return
         import torch
         import torch.distributed as dist
 
-        grads = []
-        for i, p in enumerate(params):
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            grads.append(g if before is None or before[i] is None else g - before[i])
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        at = 0
-        for i, p in enumerate(params):
-            n = p.numel()
-            g = flat[at:at + n].view_as(p)
-            p.grad = g if before is None or before[i] is None else g + before[i]
-            at += n
+        device = params[0].device
+        has = torch.tensor([float(p.grad is not None) for p in params], device=device)
+        dist.all_reduce(has)
+        for dtype in sorted({p.dtype for p in params}, key=str):
+            group = [p for p in params if p.dtype == dtype]
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+            dist.all_reduce(flat)
+            at = 0
+            for p in group:
+                p.grad = flat[at:at + p.numel()].view_as(p).clone()
+                at += p.numel()
+        for p, flag in zip(params, has.tolist()):
+            if flag == 0:
+                p.grad = None
+
+    def agree(self, value: float) -> float:
+        """The main process's value in every process: decisions (best step, early stop) stay
+        common even where kernels are not bit-reproducible across devices."""
+        if self.world == 1:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        from accelerate import PartialState
+
+        t = torch.tensor([float(value)], dtype=torch.float64, device=PartialState().device)
+        dist.broadcast(t, src=0)
+        return float(t.item())
+
+    def check_same(self, what: str, values) -> None:
+        """Raise if ``values`` (e.g. the step's sampled items) differ between processes: every
+        process must have drawn the same lists for the gathered batch to be one batch."""
+        if self.world == 1:
+            return
+        import torch
+        import torch.distributed as dist
+
+        from accelerate import PartialState
+
+        flat = np.asarray(values, dtype=np.int64).reshape(-1)
+        weights = np.arange(1, len(flat) + 1, dtype=np.int64) % 1000003
+        digest = torch.tensor([float((flat * weights % 1000003).sum() % 1000003), float(len(flat))],
+                              dtype=torch.float64, device=PartialState().device)
+        low, high = digest.clone(), digest.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            from blade.errors import TrainingError
+
+            raise TrainingError(f"data-parallel run: the processes drew different {what} (non-deterministic kernels on "
+                                "this device?); run with run.processes: 1")
 
     def sum(self, value):
         """A tensor summed over the processes (itself in a 1-process group)."""

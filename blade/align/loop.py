@@ -148,6 +148,7 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
         policy.model.eval()  # rollouts from the deterministic network
         lists, prompts = sample_groups(policy, [histories[r] for r in rows], cfg.k, G, cfg.temperature, cfg.top_p,
                                        cfg.batch_size, gen)
+        group().check_same("rollout lists", lists.items.numpy())  # data-parallel: one batch in every process
         t_rollout = lap()
         ctx = np.repeat(rows, G)
         scores = reward([histories[r] for r in ctx], targets[ctx], lists.items.numpy())
@@ -202,9 +203,17 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
         align_loss.backward(retain_graph=True)
         procs.sum_gradients(params)
         gnorm_align = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-        before = [None if p.grad is None else p.grad.clone() for p in params] if procs.world > 1 else None
-        penalty.backward()
-        procs.sum_gradients(params, before)
+        if procs.world == 1:
+            penalty.backward()
+        else:  # sum the penalty's gradient alone, then add the (already summed) alignment term's
+            stash = [p.grad for p in params]
+            for p in params:
+                p.grad = None
+            penalty.backward()
+            procs.sum_gradients(params)
+            for p, g in zip(params, stash):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
     else:
         total = align_loss + penalty
         if total.requires_grad:
@@ -255,9 +264,14 @@ def _scored_shared(policy: Policy, ref: Policy, prompts: list[list[int]], conts:
     if procs.world > 1:
         share = procs.share(n)
         prompts, conts = [prompts[i] for i in share], [conts[i] for i in share]
-    token_logp, mask = policy.token_logprobs(prompts, conts, constrained=True)    # (L_share, T), with grad
-    with torch.no_grad():
-        ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
+    if not conts:  # fewer lists than processes: an empty share, still on the graph (zero gradient)
+        anchor = next(p for p in policy.model.parameters() if p.requires_grad)
+        token_logp = torch.zeros((0, 1), device=policy.device) + 0.0 * anchor.reshape(-1)[0]
+        mask, ref_logp = torch.zeros((0, 1), dtype=torch.bool, device=policy.device), torch.zeros((0, 1), device=policy.device)
+    else:
+        token_logp, mask = policy.token_logprobs(prompts, conts, constrained=True)    # (L_share, T), with grad
+        with torch.no_grad():
+            ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
     if procs.world == 1:
         return token_logp, mask, ref_logp
     token_logp = procs.gather_rows(token_logp, share, n)                          # (L, T_max)
@@ -328,7 +342,7 @@ def _evaluate(policy: Policy, valid: pd.DataFrame, cfg: AlignConfig, evaluation:
     state["valid"].append(row)
     if tracker:
         tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-    score = metrics[cfg.select_metric]
+    score = group().agree(metrics[cfg.select_metric])  # data-parallel: the main process's decides
     print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     main = group().main  # a data-parallel launch writes from its main process only
     # every evaluated policy, for test-vs-step curves scored after training (LoRA: the adapter only)

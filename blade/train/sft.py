@@ -190,7 +190,7 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
         epoch = state["epoch"]
         policy.model.train()
         order = np.random.default_rng([seed, epoch]).permutation(len(train))  # resumable data order
-        losses = []
+        losses, norms = [], []
         for b in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.epochs}", mininterval=5):
             idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
             total_weight = float(sum(sum(weights[i]) for i in idx))  # the whole batch's, in every process
@@ -209,12 +209,14 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
             sched.step()
             state["step"] += 1
             losses.append(loss.item())
+            norms.append(float(gnorm))
             if tracker:
                 tracker.log_metrics({"train/loss": loss.item(), "train/grad_norm": float(gnorm),
                                      "train/lr": sched.get_last_lr()[0]}, step=state["step"])
         metrics = valid_metrics(policy, valid, cfg.k, evaluation.ks, evaluation.batch_size)
-        score = metrics[cfg.select_metric]
+        score = procs.agree(metrics[cfg.select_metric])  # data-parallel: the main process's decides
         row = {"epoch": epoch + 1, "step": state["step"], "train_loss": float(np.mean(losses)),
+               "train_grad_norm": float(np.mean(norms)),
                **{f"valid/{k}": v for k, v in metrics.items()}, "seconds": round(time.perf_counter() - started, 2)}
         state["log"].append(row)
         if tracker:

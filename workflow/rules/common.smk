@@ -29,7 +29,7 @@ BLADE = f"{sys.executable} -m blade.cli"
 # `accelerate launch` (its --multi_gpu mode is torch's launcher: NCCL on GPUs, gloo on CPUs).
 TRAIN = BLADE if EXP.run.processes == 1 else (
     f"{sys.executable} -m accelerate.commands.launch --num_processes {EXP.run.processes} --num_machines 1 "
-    "--mixed_precision no --dynamo_backend no --multi_gpu -m blade.cli")
+    "--main_process_port 0 --mixed_precision no --dynamo_backend no --multi_gpu -m blade.cli")  # port 0: a free one
 
 
 def _alternatives(names):
