@@ -11,7 +11,7 @@ and splits the rows of the split by two properties computed from the train split
   co-occurrence model has counted;
 - how often the target occurs in train (cold, 1–4, 5–19, ≥ 20).
 
-``--fit`` also decodes the selected SFT policy (seed 0) on 1,000 train rows and on the valid
+``--fit`` also decodes the selected SFT policy (its first seed) on 1,000 train rows and on the valid
 selection slice: how well it fits what it was trained on, against held-out rows.
 Prints one Markdown table per property: share of rows and mean NDCG@10 of each row type.
 """
@@ -91,12 +91,15 @@ def fit_table(results: Path, dataset: str, rows: int = 1000) -> str:
 
     pin_cpu_threads()
     _, splits, _ = load_prepared(results / "data" / dataset)
-    policy = Policy.load(results / "models" / dataset / "sft" / "seed0" / "best", "cpu")
+    found = sorted((results / "models" / dataset / "sft").glob("seed*/best"))
+    if not found:
+        raise SystemExit(f"sft_gap --fit: no SFT policy under {results}/models/{dataset}/sft/seed*/best")
+    policy = Policy.load(found[0], "cpu")
     train = splits["train"].sample(n=min(rows, len(splits["train"])), random_state=0)
     valid = selection_slice(splits["valid"], EvalConfig().selection_rows)
     fit = {name: valid_metrics(policy, frame, 10, [10], 256)["ndcg@10"] for name, frame in
            (("train (1,000 rows it was trained on)", train), ("valid selection slice", valid))}
-    return "\n".join(["| SFT seed 0 | NDCG@10 |", "| --- | --- |", *(f"| {k} | {v:.4f} |" for k, v in fit.items())])
+    return "\n".join([f"| SFT {found[0].parent.name} | NDCG@10 |", "| --- | --- |", *(f"| {k} | {v:.4f} |" for k, v in fit.items())])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -104,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--results", default="results")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test", choices=["valid", "test"])
-    p.add_argument("--fit", action="store_true", help="also decode SFT seed 0 on train and valid rows")
+    p.add_argument("--fit", action="store_true", help="also decode the first SFT seed on train and valid rows")
     args = p.parse_args(argv)
     print(gap_tables(Path(args.results), args.dataset, args.split))
     if args.fit:
