@@ -193,8 +193,10 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
         losses, norms = [], []
         for b in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.epochs}", mininterval=5):
             idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            total_weight = float(sum(sum(weights[i]) for i in idx))  # the whole batch's, in every process
-            idx = idx[procs.share(len(idx))]
+            total_weight = None  # one process: the batch's own Σ w (bit for bit as before data parallelism)
+            if procs.world > 1:  # the whole batch's, in every process
+                total_weight = float(sum(sum(weights[i]) for i in idx))
+                idx = idx[procs.share(len(idx))]
             opt.zero_grad(set_to_none=True)
             if len(idx):
                 loss = sft_loss(policy, [prompts[i] for i in idx], [conts[i] for i in idx],
