@@ -38,13 +38,13 @@ class Group:
     """This process's place among the launched ones; a 1-process group does no communication."""
 
     def __init__(self) -> None:
-        self.rank, self.world = 0, 1
+        self.rank, self.world, self.device = 0, 1, None
         if launched():
             import torch
             from accelerate import PartialState
 
             state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU, NCCL on GPUs
-            self.rank, self.world = state.process_index, state.num_processes
+            self.rank, self.world, self.device = state.process_index, state.num_processes, state.device
             if torch.cuda.is_available():
                 torch.cuda.set_device(state.local_process_index)  # "cuda" = this process's GPU
 
@@ -93,9 +93,7 @@ class Group:
         import torch
         import torch.distributed as dist
 
-        from accelerate import PartialState
-
-        t = torch.tensor([float(value)], dtype=torch.float64, device=PartialState().device)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         dist.broadcast(t, src=0)
         return float(t.item())
 
@@ -107,13 +105,8 @@ class Group:
         import torch
         import torch.distributed as dist
 
-        from accelerate import PartialState
-
-        flat = np.asarray(values, dtype=np.int64).reshape(-1)
-        weights = np.arange(1, len(flat) + 1, dtype=np.int64) % 1000003
-        digest = torch.tensor([float((flat * weights % 1000003).sum() % 1000003), float(len(flat))],
-                              dtype=torch.float64, device=PartialState().device)
-        low, high = digest.clone(), digest.clone()
+        low = torch.as_tensor(np.asarray(values, dtype=np.int64), device=self.device)
+        high = low.clone()
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         if not torch.equal(low, high):
@@ -131,10 +124,10 @@ class Group:
             dist.all_reduce(value)
         return value
 
-    def gather_rows(self, local, share: np.ndarray, n: int, fill=0.0):
-        """The (n, T) tensor whose rows ``share`` are ``local`` (L, T_local) — with its autograd
-        graph — and whose other rows are the other processes' shares (no graph), padded with
-        ``fill`` to the longest T."""
+    def gather_rows(self, local, n: int):
+        """The (n, T) tensor whose rows :meth:`share` ``(n)`` are ``local`` (L, T_local) — with its
+        autograd graph — and whose other rows are the other processes' shares (no graph), padded
+        with zeros to the longest T."""
         if self.world == 1:
             return local
         import torch
@@ -146,7 +139,7 @@ class Group:
         T = int(width.item())
         sizes = [len(s) for s in np.array_split(np.arange(n), self.world)]
         M = max(sizes)  # collectives move equal shapes: pad rows to the largest share, then trim
-        pad = F.pad(local, (0, T - local.shape[1], 0, M - local.shape[0]), value=fill)
+        pad = F.pad(local, (0, T - local.shape[1], 0, M - local.shape[0]))
         parts = [torch.empty((M, T), dtype=local.dtype, device=local.device) for _ in sizes]
         dist.all_gather(parts, pad.detach().contiguous())
         parts = [part[:m] for part, m in zip(parts, sizes)]

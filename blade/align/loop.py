@@ -203,17 +203,15 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
         align_loss.backward(retain_graph=True)
         procs.sum_gradients(params)
         gnorm_align = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-        if procs.world == 1:
-            penalty.backward()
-        else:  # sum the penalty's gradient alone, then add the (already summed) alignment term's
-            stash = [p.grad for p in params]
-            for p in params:
-                p.grad = None
-            penalty.backward()
-            procs.sum_gradients(params)
-            for p, g in zip(params, stash):
-                if g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
+        # the penalty's gradient on its own (summed once), then plus the alignment term's
+        stash = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        penalty.backward()
+        procs.sum_gradients(params)
+        for p, g in zip(params, stash):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
     else:
         total = align_loss + penalty
         if total.requires_grad:
@@ -274,9 +272,9 @@ def _scored_shared(policy: Policy, ref: Policy, prompts: list[list[int]], conts:
             ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
     if procs.world == 1:
         return token_logp, mask, ref_logp
-    token_logp = procs.gather_rows(token_logp, share, n)                          # (L, T_max)
-    ref_logp = procs.gather_rows(ref_logp, share, n)
-    mask = procs.gather_rows(mask.to(token_logp.dtype), share, n) > 0.5             # gloo moves no bool tensors
+    token_logp = procs.gather_rows(token_logp, n)                                 # (L, T_max)
+    ref_logp = procs.gather_rows(ref_logp, n)
+    mask = procs.gather_rows(mask.to(token_logp.dtype), n) > 0.5                    # gloo moves no bool tensors
     return token_logp, mask, ref_logp
 
 
@@ -342,9 +340,10 @@ def _evaluate(policy: Policy, valid: pd.DataFrame, cfg: AlignConfig, evaluation:
     state["valid"].append(row)
     if tracker:
         tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-    score = group().agree(metrics[cfg.select_metric])  # data-parallel: the main process's decides
+    procs = group()  # data-parallel: the main process's score decides, and only it writes
+    score = procs.agree(metrics[cfg.select_metric])
     print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    main = group().main  # a data-parallel launch writes from its main process only
+    main = procs.main
     # every evaluated policy, for test-vs-step curves scored after training (LoRA: the adapter only)
     if main:
         policy.save(best_dir.parent / "snapshots" / f"step{step:06d}")
