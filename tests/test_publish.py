@@ -55,3 +55,23 @@ def test_sft_gap_row_properties_by_hand():
     assert props["transition_in_train"].tolist() == [True, False, True, False]
     # target 3 occurs twice as a train target, 5 never (it is only a history item), 9 never
     assert props["target_train_count"].tolist() == ["1-4", "cold (0)", "1-4", "cold (0)"]
+
+
+def test_leakage_residual_by_hand():
+    from analysis.leakage_residual import residual_hits, same_series_share, series_name
+
+    assert series_name("The Two Towers (The Lord of the Rings, #2)") == "The Lord of the Rings"
+    assert series_name("Dune") is None and series_name("Vol (#3)") is None
+    titles = {1: "A (Saga, #1)", 2: "B (Saga, #2)", 3: "C", 4: "D", 5: "E", 6: "F", 7: "G"}
+    # train sequences: 5 6 1 2 | 7 3 4 6 | 3 1 2 7 5
+    train = pd.DataFrame({"history": [[5, 6, 1], [7, 3, 4], [3, 1, 2, 7]], "target": [2, 6, 5]})
+    # test sequences:  3 4 1 2 | 6 3 4 6 | 1 6 7 | 3 1
+    test = pd.DataFrame({"history": [[3, 4, 1], [6, 3, 4], [1, 6], [3]], "target": [2, 6, 7, 1]})
+    hits = residual_hits(train, test, titles).set_index("row")
+    # (1, 2) is in train rows 0 and 2; aligned on the pair, neither agrees elsewhere (3/5, 4/6; 4/3)
+    assert hits.loc[0].tolist() == [2, 0, True]
+    # (4, 6) is in train row 1; aligned on it, 3 also faces 3 (6 faces 7)
+    assert hits.loc[1].tolist() == [1, 1, False]
+    assert 2 not in hits.index  # (6, 7) is nowhere back to back in train
+    assert hits.loc[3].tolist() == [1, 0, False]  # (3, 1) opens train row 2
+    assert same_series_share(test, titles) == 0.25  # only row 0 ends Saga #1 -> Saga #2
