@@ -17,7 +17,9 @@ contains the pair. This report checks that from the data, for each hit:
 - ``same named series``: both titles end in one series' tag, ``(Series Name, #n)``, as Goodreads
   titles do, so the pair is two books of one series read in order.
 
-The share of same-series pairs among all evaluation rows is printed alongside, as the baseline.
+The share of same-series pairs among all evaluation rows is printed alongside, as the baseline,
+with the largest group a stricter split would have to keep whole: records linked whenever they
+share any back-to-back pair.
 """
 
 from __future__ import annotations
@@ -78,12 +80,33 @@ def same_series_share(frame: pd.DataFrame, titles: dict[int, str]) -> float:
     return float(np.mean([a is not None and a == b for a, b in zip(same, other)])) if len(frame) else 0.0
 
 
+def largest_shared_pair_group(frames: Sequence[pd.DataFrame]) -> tuple[int, int]:
+    """(records in the largest group, records) when records sharing any back-to-back pair are linked
+    (connected components, union-find)."""
+    sequences = [_sequence(h, t) for f in frames for h, t in zip(f["history"], f["target"])]
+    parent = list(range(len(sequences)))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first: dict[tuple[int, int], int] = {}
+    for r, seq in enumerate(sequences):
+        for pair in zip(seq[:-1], seq[1:]):
+            parent[root(r)] = root(first.setdefault(pair, r))
+    sizes = np.bincount([root(r) for r in range(len(sequences))]) if sequences else np.zeros(1, dtype=int)
+    return int(sizes.max()), len(sequences)
+
+
 def report(data: Path, split: str) -> str:
     """Markdown: the hits of ``split`` of the prepared dataset in ``data`` (results/data/NAME)."""
     items, splits, _ = load_prepared(data)
     titles = dict(zip(items["item_id"].astype(int), items["title"].astype(str)))
     frame = splits[split]
     hits = residual_hits(splits["train"], frame, titles)
+    largest, records = largest_shared_pair_group(list(splits.values()))
     n, h = len(frame), len(hits)
     buckets = pd.cut(hits["shared_beyond_pair"], [-1, 0, 2, np.inf], labels=["0", "1-2", "3 or more"])
     shared = buckets.value_counts().reindex(["0", "1-2", "3 or more"])
@@ -97,6 +120,8 @@ def report(data: Path, split: str) -> str:
         f"- Same-series (last item, target) pairs among all {n} {split} rows: {same_series_share(frame, titles):.1%}.",
         f"- Train sequences holding a hit's pair: median {hits['train_sequences'].median() if h else 0:g}, "
         f"mean {hits['train_sequences'].mean() if h else 0:.2f}.",
+        f"- Linking every two records that share any back-to-back pair, as a stricter split would have to, "
+        f"puts {largest:,} of {records:,} records ({largest / max(records, 1):.0%}) in one group.",
     ]
     return "\n".join(lines)
 

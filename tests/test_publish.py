@@ -75,3 +75,15 @@ def test_leakage_residual_by_hand():
     assert 2 not in hits.index  # (6, 7) is nowhere back to back in train
     assert hits.loc[3].tolist() == [1, 0, False]  # (3, 1) opens train row 2
     assert same_series_share(test, titles) == 0.25  # only row 0 ends Saga #1 -> Saga #2
+
+
+def test_largest_shared_pair_group_by_hand():
+    from analysis.leakage_residual import largest_shared_pair_group
+
+    # 1 2 3 | 2 3 9 share (2, 3); 9 4 shares nothing back to back (9 is 3's successor only in row 1);
+    # 7 8 and 8 7 share no ordered pair
+    a = pd.DataFrame({"history": [[1, 2], [2, 3]], "target": [3, 9]})
+    b = pd.DataFrame({"history": [[9], [7], [8]], "target": [4, 8, 7]})
+    assert largest_shared_pair_group([a, b]) == (2, 5)
+    c = pd.DataFrame({"history": [[3, 9, 4]], "target": [7]})  # joins rows 0-1 (3 9) and row 2 (9 4)
+    assert largest_shared_pair_group([a, b, c]) == (4, 6)
