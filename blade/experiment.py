@@ -107,6 +107,9 @@ class ExperimentConfig:
     datasets: dict[str, DatasetSpec] = option(help="every dataset the workflow knows")
     policy: PolicyConfig = option(default_factory=PolicyConfig, help="the list policy (`blade options policy`)")
     sft: SFTConfig = option(default_factory=SFTConfig, help="the supervised warm-up (`blade options sft`)")
+    sft_by_dataset: dict[str, dict[str, Any]] = option(
+        {}, help="changes to the sft section for one dataset: {dataset: {option: value}} (e.g. `prefixes: true` where "
+                 "a dataset's rows are single windows); the other datasets keep `sft`")
     evaluate: EvalConfig = option(default_factory=EvalConfig, help="evaluation and model selection (`blade options evaluate`)")
     rewards: dict[str, RewardConfig] = option(default_factory=lambda: {"ndcg": RewardConfig()},
                                               help="named reward settings (`blade options reward`)")
@@ -131,6 +134,11 @@ class ExperimentConfig:
             return self.aligned
         return list(self.run.methods)
 
+    def sft_for(self, dataset: str) -> dict[str, Any]:
+        """The sft section a dataset trains with: ``sft``, changed by ``sft_by_dataset[dataset]``."""
+        changes = self.sft_by_dataset.get(dataset, {})
+        return dataclasses.asdict(from_dict(SFTConfig, {**self.section("sft"), **changes}, f"sft_by_dataset.{dataset}"))
+
     def section(self, name: str) -> dict[str, Any]:
         """A section as plain data (defaults filled): what the rules hand to the ``blade`` commands."""
         return dataclasses.asdict(getattr(self, name))
@@ -146,6 +154,10 @@ def resolve(config: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError("the config must be a mapping of sections")
     exp = from_dict(ExperimentConfig, config, "")
     _check_names(exp)
+    for name in exp.sft_by_dataset:
+        if name not in exp.datasets:
+            raise ConfigError(f"sft_by_dataset.{name}: no dataset of that name under datasets: {sorted(exp.datasets)}")
+        exp.sft_for(name)  # each change checked where SFTConfig defines it
     for name, spec in exp.datasets.items():
         from blade.data.prepare import resolve_spec
 

@@ -13,7 +13,7 @@ from blade.errors import ConfigError
 from blade.model.policy import Policy, PolicyConfig
 from blade.train.config import SFTConfig
 from blade.train.selection import valid_metrics
-from blade.train.sft import _lr_factor, add_dropout, sft_loss, slot_weights, train_sft
+from blade.train.sft import _lr_factor, add_dropout, continuation_lists, prefix_rows, sft_loss, slot_weights, train_sft
 from tests.helpers import tiny_dataset
 
 SMALL_POLICY = PolicyConfig(hidden=32, heads=2, kv_heads=1, intermediate=64, device="cpu")
@@ -106,9 +106,27 @@ def test_every_lever_on_still_learns(tmp_path):
     items, valid = pd.read_parquet(data / "items.parquet"), pd.read_parquet(data / "valid.parquet")
     untrained = valid_metrics(Policy.build(SMALL_POLICY, items), valid, 10, [10], 256)
     cfg = SFTConfig(epochs=3, batch_size=32, warmup_steps=5, weight_decay=0.1, dropout=0.1, label_smoothing=0.1,
-                    target_decay=0.5, min_lr_ratio=0.1)
+                    target_decay=0.5, min_lr_ratio=0.1, prefixes=True)
     summary = train_sft(data, tmp_path / "sft", SMALL_POLICY, cfg, seed=0)
     assert summary["valid/ndcg@10"] > untrained["ndcg@10"] + 0.1, (untrained, summary)
+
+
+def test_prefix_rows_by_hand():
+    # no user id: row 0 (1 2 3 → 4) continues into row 1 (2 3 4 → 5); row 2 stands alone
+    train = pd.DataFrame({"user_id": [None] * 3, "timestamp": [None] * 3,
+                          "history": [[1, 2, 3], [2, 3, 4], [7, 7]], "target": [4, 5, 8]})
+    targets = continuation_lists(train, 3)
+    assert targets == [[4, 5], [5], [8]]
+    histories, lists = prefix_rows(train, targets, 3)
+    # row 0: [1]→2 3 4, [1 2]→3 4 5 (its continuation 5 after the target); row 1: [2]→3 4 5,
+    # [2 3]→4 5; row 2: [7]→7 8
+    assert histories == [[1], [1, 2], [2], [2, 3], [7]]
+    assert lists == [[2, 3, 4], [3, 4, 5], [3, 4, 5], [4, 5], [7, 8]]
+    # a prefix equal to a train row, (history, target) alike, is not added again
+    again = pd.concat([train, pd.DataFrame({"user_id": [None], "timestamp": [None], "history": [[2]], "target": [3]})],
+                      ignore_index=True)
+    histories, _ = prefix_rows(again, continuation_lists(again, 3), 3)
+    assert [2] not in histories and histories.count([1]) == 1
 
 
 @pytest.mark.parametrize("key,value", [("dropout", 1.0), ("label_smoothing", -0.1), ("target_decay", 1.5),

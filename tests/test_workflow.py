@@ -143,6 +143,32 @@ def test_config_typo_fails_before_any_job(tmp_path):
     assert done.returncode != 0 and "'csv' is not one of" in done.stdout + done.stderr
 
 
+def test_sft_by_dataset_changes_only_that_datasets_sft_job(tmp_path):
+    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    config["datasets"]["windows"] = dict(config["datasets"]["tiny"])
+    config["run"]["datasets"] = ["tiny", "windows"]
+    config["sft_by_dataset"] = {"windows": {"prefixes": True, "lr": 0.01}}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake(tmp_path, "results/models/tiny/sft/seed0/summary.json", "results/models/windows/sft/seed0/summary.json",
+                     "-n", "-p", "--configfile", str(tmp_path / "two.yaml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    sft = {}
+    for line in done.stdout.splitlines():
+        if " sft --data results/data/" in line:
+            cfg = json.loads(line.split("--config-json ")[1].split(" > ")[0].strip("'"))
+            sft[line.split("--dataset ")[1].split()[0]] = cfg["sft"]
+    assert set(sft) == {"tiny", "windows"}
+    assert sft["windows"]["prefixes"] is True and sft["windows"]["lr"] == 0.01
+    assert sft["tiny"]["prefixes"] is False and sft["tiny"]["lr"] == 3e-3
+    assert {k: v for k, v in sft["windows"].items() if k not in ("prefixes", "lr")} == \
+        {k: v for k, v in sft["tiny"].items() if k not in ("prefixes", "lr")}
+    config["sft_by_dataset"] = {"windows": {"prefix": True}}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "two.yaml"))
+    assert done.returncode != 0
+    assert "sft_by_dataset.windows.prefix: unknown option — did you mean 'prefixes'?" in done.stdout + done.stderr
+
+
 def test_lint_is_clean(tmp_path):
     done = subprocess.run([*SNAKEMAKE, "--lint", "--snakefile", str(ROOT / "Snakefile")], capture_output=True, text=True, cwd=ROOT)
     assert "Congratulations, your workflow is in a good condition!" in done.stdout + done.stderr, done.stdout + done.stderr

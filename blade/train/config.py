@@ -34,6 +34,9 @@ class SFTConfig:
     target_len: int = option(3, help="items in the supervised target list (target + user's next items)")
     target_decay: float = option(1.0, help="weight of the target list's slot s is target_decay**s (slot 0 = the "
                                            "next item); 1 = every slot alike, 0 = the next item only")
+    prefixes: bool = option(False, help="also train on every prefix of each train row's sequence (history[:i] -> "
+                                        "history[i], i >= 1; the next-item positions SASRec trains on), taught "
+                                        "the same continuation; a prefix equal to a train row is taught once")
     k: int = option(10, help="list length for the valid-split model selection")
     select_metric: str = option("ndcg@10", help="valid metric that picks the best epoch: recall@N or ndcg@N")
     patience: int = option(4, help="stop after this many epochs without a valid improvement")

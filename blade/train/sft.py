@@ -10,6 +10,14 @@ order) where the split has one, otherwise by history continuity (row B continues
 history is A's history plus A's target, truncated to the same window) when that link is unique.
 Rows with no known continuation are taught their single target.
 
+Prefix rows (``prefixes``, off by default). A dataset whose rows are single windows (Goodreads:
+one record per context, no user id) holds each transition inside a history only once, behind a
+long context; SASRec trains on every position of a sequence. With ``prefixes`` each train row's
+sequence (history, then target) also gives the rows (history[:i] → history[i]) for i = 1 …
+len(history) − 1, each taught the rest of that sequence, then the row's own continuation, as its
+target list. A prefix row equal to a train row or to an earlier prefix row, (history, target)
+alike, is dropped: the data's own rows keep their weight of one.
+
 Regularisation (all ``SFTConfig`` options, off by default). ``target_decay`` weights slot s of the
 target list by target_decay**s, so the next item can count more than the user's later ones.
 ``label_smoothing`` ε replaces each token's NLL by (1-ε)·NLL + ε·(mean NLL over the vocabulary)
@@ -76,6 +84,23 @@ def continuation_lists(train: pd.DataFrame, target_len: int) -> list[list[int]]:
             cur, hops = nxt[cur], hops + 1
         out.append(lst)
     return out
+
+
+def prefix_rows(train: pd.DataFrame, targets: list[list[int]], target_len: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(histories, target lists) of the prefix rows of ``train`` (module docstring), in row order;
+    ``targets`` are the train rows' own target lists (:func:`continuation_lists`)."""
+    seen = {(tuple(map(int, h)), int(t)) for h, t in zip(train["history"], train["target"])}
+    histories, lists = [], []
+    for h, own in zip(train["history"], targets):
+        future = [*map(int, h), *own]  # the sequence, then the continuation beyond its target
+        for i in range(1, len(h)):
+            key = (tuple(future[:i]), future[i])
+            if key in seen:
+                continue
+            seen.add(key)
+            histories.append(future[:i])
+            lists.append(list(dict.fromkeys(future[i:]))[:target_len])  # distinct, in order
+    return histories, lists
 
 
 def _lr_factor(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
@@ -167,13 +192,17 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
     policy = Policy.load(ckpt, policy_cfg.device) if (ckpt / "trainer_state.json").is_file() else Policy.build(policy_cfg, items)
     add_dropout(policy.model, cfg.dropout)  # on both the fresh and the resumed model
     codec = policy.codec
-    prompts = [codec.prompt(h, cfg.k) for h in train["history"]]
-    targets = continuation_lists(train, cfg.target_len)
+    histories, targets = list(train["history"]), continuation_lists(train, cfg.target_len)
+    if cfg.prefixes:
+        more_histories, more_targets = prefix_rows(train, targets, cfg.target_len)
+        print(f"sft: {len(train)} train rows + {len(more_histories)} prefix rows")
+        histories, targets = histories + more_histories, targets + more_targets
+    prompts = [codec.prompt(h, cfg.k) for h in histories]
     conts = [codec.list_tokens(lst) for lst in targets]
     weights = [slot_weights(codec, lst, cfg.target_decay) for lst in targets]
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(prompts) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
 
     def lr_factor(step: int) -> float:
@@ -189,7 +218,7 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         epoch = state["epoch"]
         policy.model.train()
-        order = np.random.default_rng([seed, epoch]).permutation(len(train))  # resumable data order
+        order = np.random.default_rng([seed, epoch]).permutation(len(prompts))  # resumable data order
         losses, norms = [], []
         for b in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.epochs}", mininterval=5):
             idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]

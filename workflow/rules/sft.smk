@@ -8,7 +8,7 @@ rule sft:
         scored=eval_outputs(f"results/eval/{{dataset}}/{NO_REWARD}/sft/seed{{seed}}"),
     params:
         blade=TRAIN,
-        cfg=lambda wildcards: sections_json("policy", "sft", "evaluate"),
+        cfg=lambda wildcards: sections_json("policy", "evaluate", sft=EXP.sft_for(wildcards.dataset)),
         data=lambda wildcards, input: os.path.dirname(input.stats),
         out=lambda wildcards, output: os.path.dirname(output.summary),
         eval_root=lambda wildcards: f"results/eval/{wildcards.dataset}/{NO_REWARD}/sft/seed{wildcards.seed}",
