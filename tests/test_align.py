@@ -49,7 +49,7 @@ def test_rollouts_hold_m_scored_lists_per_context(sft_run, tmp_path):
     assert not (tmp_path / "ref.parquet.parts").exists()
 
 
-def test_rollouts_are_seeded_and_resume(sft_run, tmp_path):
+def test_rollouts_are_seeded_and_resume(sft_run, tmp_path, monkeypatch, capsys):
     data, sft = sft_run
     cfg = RolloutConfig(m=3, k=5, max_contexts=40, chunk=16, batch_size=64)
     reference_rollouts(data, sft / "best", tmp_path / "a.parquet", cfg, REWARD, seed=1)
@@ -57,12 +57,38 @@ def test_rollouts_are_seeded_and_resume(sft_run, tmp_path):
     reference_rollouts(data, sft / "best", tmp_path / "b.parquet", cfg, REWARD, seed=1)
     pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / "b.parquet"))
     # A killed run left its first chunk behind: the restart keeps it and writes only the rest.
-    parts = tmp_path / "c.parquet.parts"
-    parts.mkdir()
-    first = a.iloc[: 16 * 3]
-    first.to_parquet(parts / "chunk000000.parquet", index=False)
+    import blade.align.rollout as rollout
+
+    def killed_after(n):
+        written = []
+
+        def write(path, frame):
+            if len(written) == n:
+                raise KeyboardInterrupt("killed")
+            written.append(path)
+            return real_write(path, frame)
+        return write, written
+
+    real_write = rollout.write_parquet
+    kill, _ = killed_after(1)
+    monkeypatch.setattr(rollout, "write_parquet", kill)
+    with pytest.raises(KeyboardInterrupt):
+        reference_rollouts(data, sft / "best", tmp_path / "c.parquet", cfg, REWARD, seed=1)
+    resume, written = killed_after(-1)
+    monkeypatch.setattr(rollout, "write_parquet", resume)
     reference_rollouts(data, sft / "best", tmp_path / "c.parquet", cfg, REWARD, seed=1)
+    assert [p.name for p in written] == ["chunk000001.parquet", "chunk000002.parquet", "c.parquet"]
     pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / "c.parquet"))
+    # chunks a run of another seed left behind are not reused
+    kill, _ = killed_after(1)
+    monkeypatch.setattr(rollout, "write_parquet", kill)
+    with pytest.raises(KeyboardInterrupt):
+        reference_rollouts(data, sft / "best", tmp_path / "e.parquet", cfg, REWARD, seed=2)
+    monkeypatch.setattr(rollout, "write_parquet", real_write)
+    capsys.readouterr()
+    reference_rollouts(data, sft / "best", tmp_path / "e.parquet", cfg, REWARD, seed=1)
+    assert "other options or inputs; removing them" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / "e.parquet"))
     reference_rollouts(data, sft / "best", tmp_path / "d.parquet", cfg, REWARD, seed=2)
     assert not a["items"].equals(pd.read_parquet(tmp_path / "d.parquet")["items"]), "another seed gave the same lists"
 
@@ -145,6 +171,20 @@ def test_killed_alignment_resumes_to_the_same_result(sft_run, rollouts, tmp_path
     pd.testing.assert_frame_equal(da, db[da.columns], rtol=1e-5)
     for step in ("step000002", "step000004"):  # snapshots written before the "kill" and after the resume
         assert _same_weights(tmp_path / "a" / "snapshots" / step, tmp_path / "b" / "snapshots" / step)
+
+
+def test_a_checkpoint_of_other_options_or_inputs_is_not_resumed(sft_run, rollouts, tmp_path, capsys):
+    _align(sft_run, rollouts, tmp_path / "b", steps=2, weight_decay=0.1)  # another run "killed" after step 2
+    capsys.readouterr()
+    assert _align(sft_run, rollouts, tmp_path / "b", steps=4) == _align(sft_run, rollouts, tmp_path / "a", steps=4)
+    assert "removing it and starting afresh" in capsys.readouterr().out
+    assert _same_weights(tmp_path / "a" / "best", tmp_path / "b" / "best")
+    # other rollouts (a changed input, same options): afresh again
+    other = tmp_path / "other.parquet"
+    frame = pd.read_parquet(rollouts)
+    frame.iloc[::-1].reset_index(drop=True).to_parquet(other)
+    _align(sft_run, other, tmp_path / "b", steps=4)
+    assert "removing it and starting afresh" in capsys.readouterr().out
 
 
 def _same_weights(a, b) -> bool:

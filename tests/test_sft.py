@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from blade.model.policy import Policy, PolicyConfig
@@ -83,6 +84,26 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     wa = load_file(str(tmp_path / "a" / "best" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "best" / "model.safetensors"))
     assert all(np.allclose(wa[k].numpy(), wb[k].numpy(), atol=1e-6) for k in wa)
+
+
+def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path, capsys):
+    data = tiny_dataset(tmp_path / "data")
+    one = SFTConfig(epochs=1, batch_size=32, warmup_steps=5, lr=1e-2)
+    two = SFTConfig(epochs=2, batch_size=32, warmup_steps=5)
+    train_sft(data, tmp_path / "b", SMALL_POLICY, one, seed=0)  # another run's checkpoint, after epoch 1
+    capsys.readouterr()
+    summary = train_sft(data, tmp_path / "b", SMALL_POLICY, two, seed=0)
+    assert "removing it and starting afresh" in capsys.readouterr().out
+    assert summary == train_sft(data, tmp_path / "a", SMALL_POLICY, two, seed=0)
+    assert summary["epochs_run"] == 2 and len(pd.read_parquet(tmp_path / "b" / "train_log.parquet")) == 2
+    wa = load_file(str(tmp_path / "a" / "best" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "best" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the same options again: the finished run's checkpoint is its own, nothing is retrained
+    capsys.readouterr()
+    assert train_sft(data, tmp_path / "b", SMALL_POLICY, two, seed=0) == summary
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "starting afresh" not in out and "epoch=" not in out
 
 
 def test_bad_sft_config_is_a_clear_error(tmp_path):

@@ -42,7 +42,7 @@ from blade.io import write_json, write_parquet
 from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
 from blade.seeding import seed_everything, torch_generator
-from blade.train.checkpoint import load_checkpoint, save_checkpoint
+from blade.train.checkpoint import load_checkpoint, resumable, run_fingerprint, save_checkpoint
 from blade.train.selection import selection_slice, valid_metrics
 
 
@@ -80,7 +80,13 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
 
     stored = ReferenceGroups(ref_frame) if objective.data == "reference" else None
     ref = _frozen(Policy.load(Path(sft_dir) / "best", device))
-    resume = (ckpt / "trainer_state.json").is_file()
+    # the step budget is left out: nothing in the loop depends on it (constant learning rate), so a run
+    # extended to more steps continues from its checkpoint to the straight run's result (tests)
+    run = {"method": method, "align": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"},
+           "reward": dataclasses.asdict(reward_cfg), "evaluate": dataclasses.asdict(evaluation), "seed": seed}
+    fingerprint = run_fingerprint(run, [data_dir, rollouts, Path(sft_dir) / "best"])
+    resume = resumable(ckpt, fingerprint, procs.main)
+    procs.barrier()  # a stale checkpoint is gone before any process reads the directory
     policy = Policy.load(ckpt if resume else Path(sft_dir) / "best", device)
     # an EMA anchor policy for the methods that ask for one (J-BOND), starting at π_ref
     anchor = None
@@ -88,7 +94,8 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
         anchor = _frozen(Policy.load(ckpt / "anchor" if resume else Path(sft_dir) / "best", device))
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state: dict[str, Any] = {"step": 0, "best": -1.0, "best_step": -1, "log": [], "valid": [], "objective": {}}
+    state: dict[str, Any] = {"step": 0, "best": -1.0, "best_step": -1, "log": [], "valid": [], "objective": {},
+                             "fingerprint": fingerprint}
     if resume:
         state = load_checkpoint(ckpt, opt)
         objective.load_state_dict(state["objective"])

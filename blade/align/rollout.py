@@ -7,8 +7,8 @@ S-DPO, BoNBoN draw their pairs from them). One Parquet row per list:
 configured weighted reward) and one column per reward component.
 
 Sampling is seeded per chunk of contexts (``[seed, chunk]``), so a killed job restarts from the
-chunks it already wrote (``<out>.parts/``) and produces the same file, then merges them
-atomically. (The draws depend on ``batch_size``, which splits each chunk into sampler batches.)
+chunks it already wrote (``<out>.parts/``, if written with the same options and inputs) and
+produces the same file, then merges them atomically. (The draws depend on ``batch_size``, which splits each chunk into sampler batches.)
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
 from blade.sampling import ListSampler
 from blade.seeding import seed_everything, torch_generator
+from blade.train.checkpoint import run_fingerprint
 
 
 REWARD_ATTR = "blade_reward_config"
@@ -88,6 +89,10 @@ def reference_rollouts_scored(data_dir: str | Path, model_dir: str | Path,
     policy = Policy.load(model_dir, device)
     policy.model.eval()
     rows = context_rows(len(train), cfg.max_contexts)
+    # chunks left by a killed job are reused only if that job had these options and inputs
+    fingerprint = run_fingerprint({"rollout": dataclasses.asdict(cfg), "seed": seed}, [data_dir, model_dir])
+    for name, (_, reward_cfg) in outs.items():
+        _claim_parts(parts[name], f"{fingerprint}:{reward_fingerprint(reward_cfg)}")
     histories = train["history"].tolist()
     targets = train["target"].to_numpy()
     n_chunks = -(-len(rows) // cfg.chunk)
@@ -111,6 +116,17 @@ def reference_rollouts_scored(data_dir: str | Path, model_dir: str | Path,
             write_parquet(parts[name] / f"chunk{c:06d}.parquet", frame)
     return {name: _merge_parts(path, parts[name], reward_cfg, len(rows), invalid)
             for name, (path, reward_cfg) in outs.items()}
+
+
+def _claim_parts(parts: Path, fingerprint: str) -> None:
+    """Keep ``parts`` (chunks of a killed job) only if that job's fingerprint is ``fingerprint``;
+    otherwise empty it, with a message. Then record the fingerprint in it."""
+    marker = parts / "fingerprint"
+    if parts.is_dir() and (not marker.is_file() or marker.read_text() != fingerprint):
+        print(f"{parts}: chunks of a run with other options or inputs; removing them")
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
 
 
 def _merge_parts(out_path: Path, parts: Path, reward_cfg: RewardConfig, contexts: int, invalid: list[float]) -> dict:

@@ -1,11 +1,18 @@
 """Resumable checkpoints without pickles: weights and optimizer tensors in safetensors, the rest
 in JSON. A checkpoint directory is written beside its final place and renamed in, so a job killed
-mid-write leaves the previous checkpoint intact."""
+mid-write leaves the previous checkpoint intact.
+
+A checkpoint resumes only the run that wrote it. Its trainer state records a fingerprint of the
+run's config and of its input files' content (:func:`run_fingerprint`); a job that finds a
+checkpoint with another fingerprint (Snakemake reruns a job after its options or its inputs
+changed) removes it and starts afresh, instead of finishing the old run under the new name."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +20,35 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blade.io import write_json
+
+
+def run_fingerprint(config: Mapping[str, Any], inputs: Iterable[str | Path]) -> str:
+    """sha256 of ``config`` (canonical JSON) and of the content of every input: a file, or every
+    file under a directory (by relative path)."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for root in map(Path, inputs):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            digest.update(str(path.relative_to(root) if root.is_dir() else path.name).encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def resumable(directory: Path, fingerprint: str, main: bool = True) -> bool:
+    """True when ``directory`` holds a checkpoint of the run with this fingerprint. A checkpoint of
+    another run (other options or inputs, or one that recorded none) is removed by the main
+    process, with a message, so that the job starts afresh."""
+    state = Path(directory) / "trainer_state.json"
+    if not state.is_file():
+        return False
+    if json.loads(state.read_text()).get("fingerprint") == fingerprint:
+        return True
+    print(f"{directory}: written by a run with other options or inputs; removing it and starting afresh")
+    if main:
+        shutil.rmtree(directory, ignore_errors=True)
+    return False
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -51,7 +51,7 @@ from blade.experiment import EvalConfig
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy, PolicyConfig
 from blade.seeding import seed_everything
-from blade.train.checkpoint import load_checkpoint, save_checkpoint
+from blade.train.checkpoint import load_checkpoint, resumable, run_fingerprint, save_checkpoint
 from blade.train.config import SFTConfig
 from blade.train.selection import selection_slice, valid_metrics
 
@@ -189,7 +189,12 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
     train, valid = splits["train"], splits["valid"]
     evaluation = evaluation or EvalConfig()
     valid = selection_slice(valid, evaluation.selection_rows)
-    policy = Policy.load(ckpt, policy_cfg.device) if (ckpt / "trainer_state.json").is_file() else Policy.build(policy_cfg, items)
+    run = {"sft": dataclasses.asdict(cfg), "evaluate": dataclasses.asdict(evaluation), "seed": seed,
+           "policy": {k: v for k, v in dataclasses.asdict(policy_cfg).items() if k != "device"}}  # resumes on any device
+    fingerprint = run_fingerprint(run, [data_dir])
+    resume = resumable(ckpt, fingerprint, procs.main)
+    procs.barrier()  # a stale checkpoint is gone before any process reads the directory
+    policy = Policy.load(ckpt, policy_cfg.device) if resume else Policy.build(policy_cfg, items)
     add_dropout(policy.model, cfg.dropout)  # on both the fresh and the resumed model
     codec = policy.codec
     histories, targets = list(train["history"]), continuation_lists(train, cfg.target_len)
@@ -209,8 +214,8 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
         return _lr_factor(step, cfg.warmup_steps, total, cfg.min_lr_ratio)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "stale": 0, "log": []}
-    if (ckpt / "trainer_state.json").is_file():
+    state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "stale": 0, "log": [], "fingerprint": fingerprint}
+    if resume:
         state = load_checkpoint(ckpt, opt)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor, last_epoch=state["step"] - 1)
         print(f"resuming from {ckpt} after epoch {state['epoch']}")
