@@ -235,14 +235,18 @@ def decay_claim(results, exp, missing) -> list[Case]:
     cases = []
     for dataset, setting in all_tables(exp):
         rows = {r.method: r for r in expected_rows(exp, dataset, setting, bon_ns=[])}
-        falls = {}
+        falls, tied = {}, None
         for method in [m for m in exp.methods_for(setting) if m == BLADE or is_static(m, exp)]:
             diag = read_diagnostics(results, rows[method], missing)
             if "weight_spread" in diag and len(diag):
                 falls[method] = fall(diag.groupby("step")["weight_spread"].mean().sort_index().to_numpy())
+            if method == BLADE and "tied_frac" in diag and len(diag):
+                tied = float(diag["tied_frac"].mean())  # groups whose G rewards are all equal: no signal
         static = {m: f for m, f in falls.items() if m != BLADE}
         ev = f"weight-spread fall, first→last 10% of steps: BLADE {_pct(falls.get(BLADE))}; static " + (
             ", ".join(f"{m} {_pct(f)}" for m, f in static.items()) or "none ran")
+        if tied is not None:
+            ev += f"; BLADE's groups with all-equal rewards: {_pct(tied)}"
         cases.append(Case("6.3", f"{dataset} · {setting}", decay_verdict(falls.get(BLADE, math.nan),
                                                                          list(static.values())), ev))
     return cases

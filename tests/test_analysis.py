@@ -114,7 +114,8 @@ def build_tree(root: Path) -> Path:
             steps = np.arange(1, len(s) + 1)
             pd.DataFrame({"step": steps, "loss": 1 / steps, "grad_norm": s, "grad_norm_align": 0.5 * s,
                           "weight_spread": s, "ess": 8 - s, "saturated_frac": 1 - s, "signal_std": 2 * s,
-                          "kl": 0.01 * steps, "reward_mean": 0.3 + 0.001 * steps}
+                          "kl": 0.01 * steps, "reward_mean": 0.3 + 0.001 * steps,
+                          "tied_frac": (0.2 + 0.1 * seed) if method == "blade" else 0.9}
                          ).to_parquet(run / "diagnostics.parquet")
             (run / "align_config.json").write_text(json.dumps({"method": exp.methods[method],
                                                                "align": {"group_size": 8}, "seed": seed}))
@@ -254,6 +255,8 @@ def test_claims_decided_by_the_rules(tree, exp, sig):
     assert verdict["6.4"] == "not reproduced"    # BLADE's curve ends at 0.6, Oracle BoN@8 is 0.95
     assert verdict["6.5"] == "inconclusive"      # one sample a hair below BoN@8, far from significant
     assert verdict["6.3"] == "reproduced"        # static spread falls ~65%, BLADE's ~0%
+    decay = [c for c in cases if c.claim == "6.3"]
+    assert all("BLADE's groups with all-equal rewards: 25.0%" in c.evidence for c in decay)  # mean of 0.2, 0.3
     assert verdict["6.6"] == "reproduced"        # BLADE ≫ estimator: static
     assert verdict["6.2"] == "inconclusive"      # no list-wise setting was run
     md = claims.to_markdown(cases, missing)
