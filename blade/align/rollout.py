@@ -31,7 +31,7 @@ from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
 from blade.sampling import ListSampler
 from blade.seeding import seed_everything, torch_generator
-from blade.train.checkpoint import run_fingerprint
+from blade.train.checkpoint import run_fingerprint, training_files
 
 
 REWARD_ATTR = "blade_reward_config"
@@ -90,7 +90,7 @@ def reference_rollouts_scored(data_dir: str | Path, model_dir: str | Path,
     policy.model.eval()
     rows = context_rows(len(train), cfg.max_contexts)
     # chunks left by a killed job are reused only if that job had these options and inputs
-    fingerprint = run_fingerprint({"rollout": dataclasses.asdict(cfg), "seed": seed}, [data_dir, model_dir])
+    fingerprint = run_fingerprint({"rollout": dataclasses.asdict(cfg), "seed": seed}, [*training_files(data_dir), model_dir])
     for name, (_, reward_cfg) in outs.items():
         _claim_parts(parts[name], f"{fingerprint}:{reward_fingerprint(reward_cfg)}")
     histories = train["history"].tolist()

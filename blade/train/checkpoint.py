@@ -36,6 +36,13 @@ def run_fingerprint(config: Mapping[str, Any], inputs: Iterable[str | Path]) -> 
     return digest.hexdigest()
 
 
+def training_files(data_dir: str | Path) -> list[Path]:
+    """The prepared dataset's files a training run reads, for its fingerprint. Never test.parquet:
+    nothing written before the test evaluation may depend on test targets
+    (tests/test_protocol_honesty.py); nor stats.json, which also reports on the test split."""
+    return [Path(data_dir) / name for name in ("items.parquet", "train.parquet", "valid.parquet")]
+
+
 def resumable(directory: Path, fingerprint: str, main: bool = True) -> bool:
     """True when ``directory`` holds a checkpoint of the run with this fingerprint. A checkpoint of
     another run (other options or inputs, or one that recorded none) is removed by the main
