@@ -8,7 +8,8 @@ configured weighted reward) and one column per reward component.
 
 Sampling is seeded per chunk of contexts (``[seed, chunk]``), so a killed job restarts from the
 chunks it already wrote (``<out>.parts/``, if written with the same options and inputs) and
-produces the same file, then merges them atomically. (The draws depend on ``batch_size``, which splits each chunk into sampler batches.)
+produces the same file, then merges them atomically. (The draws depend on ``batch_size``, which
+splits each chunk into sampler batches.)
 """
 
 from __future__ import annotations
