@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from blade.data.canonical import load_prepared
+from blade.data.sources.instruction_json import connected_components
 
 _SERIES = re.compile(r"\(([^()#]*?),?\s*#\s*[\d.]+(?:-[\d.]+)?\)\s*$")
 
@@ -84,19 +85,9 @@ def largest_shared_pair_group(frames: Sequence[pd.DataFrame]) -> tuple[int, int]
     """(records in the largest group, records) when records sharing any back-to-back pair are linked
     (connected components, union-find)."""
     sequences = [_sequence(h, t) for f in frames for h, t in zip(f["history"], f["target"])]
-    parent = list(range(len(sequences)))
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    first: dict[tuple[int, int], int] = {}
-    for r, seq in enumerate(sequences):
-        for pair in zip(seq[:-1], seq[1:]):
-            parent[root(r)] = root(first.setdefault(pair, r))
-    sizes = np.bincount([root(r) for r in range(len(sequences))]) if sequences else np.zeros(1, dtype=int)
+    first: dict[tuple[int, int], int] = {}  # pair -> the first record holding it
+    links = ((r, first.setdefault(pair, r)) for r, seq in enumerate(sequences) for pair in zip(seq[:-1], seq[1:]))
+    sizes = np.bincount(connected_components(len(sequences), links)) if sequences else np.zeros(1, dtype=int)
     return int(sizes.max()), len(sequences)
 
 

@@ -42,7 +42,7 @@ from blade.io import write_json, write_parquet
 from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
 from blade.seeding import seed_everything, torch_generator
-from blade.train.checkpoint import load_checkpoint, resumable, run_fingerprint, save_checkpoint, training_files
+from blade.train.checkpoint import load_checkpoint, resumable, save_checkpoint, training_files
 from blade.train.selection import selection_slice, valid_metrics
 
 
@@ -84,9 +84,7 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
     # extended to more steps continues from its checkpoint to the straight run's result (tests)
     run = {"method": method, "align": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"},
            "reward": dataclasses.asdict(reward_cfg), "evaluate": dataclasses.asdict(evaluation), "seed": seed}
-    fingerprint = run_fingerprint(run, [*training_files(data_dir), rollouts, Path(sft_dir) / "best"])
-    resume = resumable(ckpt, fingerprint, procs.main)
-    procs.barrier()  # a stale checkpoint is gone before any process reads the directory
+    resume, fingerprint = resumable(ckpt, run, [*training_files(data_dir), rollouts, Path(sft_dir) / "best"], procs)
     policy = Policy.load(ckpt if resume else Path(sft_dir) / "best", device)
     # an EMA anchor policy for the methods that ask for one (J-BOND), starting at π_ref
     anchor = None

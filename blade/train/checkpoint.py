@@ -43,19 +43,20 @@ def training_files(data_dir: str | Path) -> list[Path]:
     return [Path(data_dir) / name for name in ("items.parquet", "train.parquet", "valid.parquet")]
 
 
-def resumable(directory: Path, fingerprint: str, main: bool = True) -> bool:
-    """True when ``directory`` holds a checkpoint of the run with this fingerprint. A checkpoint of
-    another run (other options or inputs, or one that recorded none) is removed by the main
-    process, with a message, so that the job starts afresh."""
+def resumable(directory: Path, config: Mapping[str, Any], inputs: Iterable[str | Path], procs) -> tuple[bool, str]:
+    """(whether ``directory`` holds a checkpoint of this run, the run's fingerprint). A checkpoint
+    of another run (other options or inputs, or one that recorded none) is removed by the main
+    process of ``procs`` (:func:`blade.distributed.group`), with a message, so that the job starts
+    afresh; every process waits until it is gone."""
+    fingerprint = run_fingerprint(config, inputs)
     state = Path(directory) / "trainer_state.json"
-    if not state.is_file():
-        return False
-    if json.loads(state.read_text()).get("fingerprint") == fingerprint:
-        return True
-    print(f"{directory}: written by a run with other options or inputs; removing it and starting afresh")
-    if main:
-        shutil.rmtree(directory, ignore_errors=True)
-    return False
+    resume = state.is_file() and json.loads(state.read_text()).get("fingerprint") == fingerprint
+    if state.is_file() and not resume:
+        print(f"{directory}: written by a run with other options or inputs; removing it and starting afresh")
+        if procs.main:
+            shutil.rmtree(directory, ignore_errors=True)
+    procs.barrier()
+    return resume, fingerprint
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

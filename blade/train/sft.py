@@ -51,7 +51,7 @@ from blade.experiment import EvalConfig
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy, PolicyConfig
 from blade.seeding import seed_everything
-from blade.train.checkpoint import load_checkpoint, resumable, run_fingerprint, save_checkpoint, training_files
+from blade.train.checkpoint import load_checkpoint, resumable, save_checkpoint, training_files
 from blade.train.config import SFTConfig
 from blade.train.selection import selection_slice, valid_metrics
 
@@ -191,9 +191,7 @@ def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfi
     valid = selection_slice(valid, evaluation.selection_rows)
     run = {"sft": dataclasses.asdict(cfg), "evaluate": dataclasses.asdict(evaluation), "seed": seed,
            "policy": {k: v for k, v in dataclasses.asdict(policy_cfg).items() if k != "device"}}  # resumes on any device
-    fingerprint = run_fingerprint(run, training_files(data_dir))
-    resume = resumable(ckpt, fingerprint, procs.main)
-    procs.barrier()  # a stale checkpoint is gone before any process reads the directory
+    resume, fingerprint = resumable(ckpt, run, training_files(data_dir), procs)
     policy = Policy.load(ckpt, policy_cfg.device) if resume else Policy.build(policy_cfg, items)
     add_dropout(policy.model, cfg.dropout)  # on both the fresh and the resumed model
     codec = policy.codec

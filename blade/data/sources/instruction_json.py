@@ -266,7 +266,29 @@ def window_groups(sequences: list[list], overlap_min: int) -> np.ndarray:
     only in the middle of both (a popular book pair read by two users) does not link them.
     Groups are the connected components (union-find) of the links.
     """
-    parent = list(range(len(sequences)))
+    # every run of overlap_min items, by content: where a record starts, look for it anywhere
+    starts_at: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
+    for r, seq in enumerate(sequences):
+        for i in range(len(seq) - overlap_min + 1):
+            starts_at[tuple(seq[i:i + overlap_min])].append((r, i))
+
+    def links():
+        for b, seq_b in enumerate(sequences):
+            if len(seq_b) < overlap_min:
+                continue
+            for a, i in starts_at[tuple(seq_b[:overlap_min])]:
+                seq_a = sequences[a]
+                m = min(len(seq_a) - i, len(seq_b))  # overlap length when B starts at A's position i
+                if a != b and seq_a[i:i + m] == seq_b[:m]:
+                    yield a, b
+
+    return connected_components(len(sequences), links())
+
+
+def connected_components(n: int, links) -> np.ndarray:
+    """Component id of each of ``n`` nodes under the ``(a, b)`` links (union-find), numbered in
+    order of each component's first node."""
+    parent = list(range(n))
 
     def root(x: int) -> int:
         while parent[x] != x:
@@ -274,22 +296,10 @@ def window_groups(sequences: list[list], overlap_min: int) -> np.ndarray:
             x = parent[x]
         return x
 
-    # every run of overlap_min items, by content: where a record starts, look for it anywhere
-    starts_at: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
-    for r, seq in enumerate(sequences):
-        for i in range(len(seq) - overlap_min + 1):
-            starts_at[tuple(seq[i:i + overlap_min])].append((r, i))
-    for b, seq_b in enumerate(sequences):
-        if len(seq_b) < overlap_min:
-            continue
-        for a, i in starts_at[tuple(seq_b[:overlap_min])]:
-            seq_a = sequences[a]
-            m = min(len(seq_a) - i, len(seq_b))  # overlap length when B starts at A's position i
-            if a != b and seq_a[i:i + m] == seq_b[:m]:
-                parent[root(a)] = root(b)
-    roots = [root(r) for r in range(len(sequences))]
+    for a, b in links:
+        parent[root(a)] = root(b)
     first: dict[int, int] = {}
-    return np.array([first.setdefault(x, len(first)) for x in roots], dtype=np.int64)
+    return np.array([first.setdefault(root(x), len(first)) for x in range(n)], dtype=np.int64)
 
 
 def _assign_groups(groups: np.ndarray, params: Params) -> np.ndarray:
