@@ -11,7 +11,7 @@ list-wise setting trades NDCG for its list metric by design. Metric: NDCG@10 on 
   references, aligned non-BLADE methods: one greedy list per user, no ground truth) with the best
   mean. Reproduced: BLADE's mean is higher and the Holm-adjusted paired t-test p < α
   (significance.csv); not reproduced: the best baseline's mean is higher with Holm p < α; else
-  inconclusive.
+  inconclusive (external rows: below).
 - §6.2 List-wise objectives (settings with a fairness or diversity reward; targets as in
   listwise.py, tested on their per-user variants). Reproduced: every targeted metric is better
   than SFT's with Holm p < α AND BLADE's NDCG@10 loss vs SFT is at most that of every static
@@ -34,6 +34,12 @@ list-wise setting trades NDCG for its list metric by design. Metric: NDCG@10 on 
   BLADE beats the variant with Holm p < α; not reproduced: the variant beats BLADE with Holm p < α;
   else inconclusive. κ0, γ, N and G are reported in ablation.md without a verdict: the paper's
   abstract states no direction for them.
+
+External rows (``evaluate.external``, another codebase's lists) in §6.1: such a row is an
+equal-cost baseline only when the cost.json of every seed found says ``samples_per_user`` = 1 (one
+list per user, as BLADE's); without a cost.json its cost is unknown, and with more samples it is
+not BLADE's cost: the row is then named in the evidence but decides no verdict. That it reads no
+ground truth is the external model's own claim: the suite cannot check another codebase.
 """
 
 from __future__ import annotations
@@ -45,10 +51,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.common import (ALPHA, read_significance, BLADE, EQUAL_COST_ROLES, all_tables, blade_n, collect_metrics, curve_path,
-                             expected_rows, higher_is_better, is_static, list_k, load_experiment, markdown,
-                             missing_note, parser, per_user_name, pooled_per_user, read_diagnostics, run_cli,
-                             write_csv, write_markdown)
+from analysis.common import (ALPHA, read_significance, BLADE, EXTERNAL, all_tables, blade_n, collect_metrics,
+                             curve_path, equal_cost_methods, expected_rows, higher_is_better, is_static, list_k,
+                             load_experiment, markdown, missing_note, parser, per_user_name, pooled_per_user,
+                             read_diagnostics, run_cli, write_csv, write_markdown)
 from analysis.listwise import targets
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
@@ -186,17 +192,23 @@ def main_claim(results, exp, sig, split, missing) -> list[Case]:
             continue
         means = _means(results, exp, dataset, setting, metric, split, missing)
         rows = expected_rows(exp, dataset, setting, split, bon_ns=[])
-        pool = {r.method: means[r.method] for r in rows if r.role in EQUAL_COST_ROLES and r.method in means}
+        externals = [r for r in rows if r.role == EXTERNAL]  # equal-cost by their cost.json only
+        equal = set(equal_cost_methods(rows, collect_metrics(results, externals, split)))
+        pool = {r.method: means[r.method] for r in rows if r.method in equal and r.method in means}
+        unjudged = [r.method for r in externals if r.method not in equal]
+        aside = (f"; external rows not judged against (cost unknown or above one sample per user): "
+                 + ", ".join(f"{m} {_f(means.get(m, math.nan))}" for m in unjudged)) if unjudged else ""
         name = f"{dataset} · {setting}"
         if BLADE not in means or not pool:
-            cases.append(Case("6.1", name, INCONCLUSIVE, "BLADE or every baseline is missing"))
+            cases.append(Case("6.1", name, INCONCLUSIVE, "BLADE or every baseline is missing" + aside))
             continue
         best = max(pool, key=pool.get)
         test = _test(sig, dataset, setting, best, metric)
         p = float(test["p_ttest_holm"]) if test is not None else math.nan
         ev = (f"BLADE {_f(means[BLADE])} vs best baseline {best} {_f(pool[best])}; "
               + (f"diff {test['diff']:+.4f} [95% CI {test['ci_low']:+.4f}, {test['ci_high']:+.4f}], "
-                 f"d_z {test['d_z']:.3f}, Holm p {_p(p)}" if test is not None else "no test in significance.csv"))
+                 f"d_z {test['d_z']:.3f}, Holm p {_p(p)}" if test is not None else "no test in significance.csv")
+              + aside)
         cases.append(Case("6.1", name, compare_verdict(means[BLADE], pool[best], p), ev))
     return cases
 
@@ -347,8 +359,18 @@ def verdicts(cases: Sequence[Case]) -> dict[str, str]:
     return {c: overall([x.verdict for x in cases if x.claim == c]) for c in CLAIMS}
 
 
-def to_markdown(cases: Sequence[Case], missing: Sequence[str]) -> str:
-    rules = __doc__.split("\n\n", 1)[1].strip()
+def rules(external: bool = False) -> str:
+    """The rules above, for claims.md: the paragraph on external rows only where the config has
+    some (a run without them reports exactly what it did before external rows existed)."""
+    text = __doc__.split("\n\n", 1)[1].strip()
+    return text if external else text.split(f"\n\n{_EXTERNAL_RULES}")[0].replace(" (external rows: below)", "")
+
+
+_EXTERNAL_RULES = "External rows (``evaluate.external``"
+
+
+def to_markdown(cases: Sequence[Case], missing: Sequence[str], external: bool = False) -> str:
+    rules_text = rules(external)
     out = ["# The paper's claims, as this run's data decide them\n",
            markdown(["claim", "what", "verdict"],
                     [[f"§{c}", CLAIMS[c], f"**{v}**"] for c, v in verdicts(cases).items()]),
@@ -360,7 +382,7 @@ def to_markdown(cases: Sequence[Case], missing: Sequence[str]) -> str:
             out.append(markdown(["case", "verdict", "evidence"], [[c.case, c.verdict, c.evidence] for c in mine]))
         else:
             out.append("No case to judge (no run of the kind this claim needs is in the config).\n")
-    out += ["## Missing runs\n", missing_note(missing), "", "## Rules (analysis/claims.py)\n", rules, ""]
+    out += ["## Missing runs\n", missing_note(missing), "", "## Rules (analysis/claims.py)\n", rules_text, ""]
     return "\n".join(out)
 
 
@@ -371,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     exp = load_experiment(args)
     cases, missing = claims(args.results, exp, read_significance(args.significance), args.split)
-    write_markdown(f"{args.out}.md", to_markdown(cases, missing))
+    write_markdown(f"{args.out}.md", to_markdown(cases, missing, external=bool(exp.evaluate.external)))
     write_csv(f"{args.out}.csv", pd.DataFrame([c.__dict__ for c in cases], columns=["claim", "case", "verdict",
                                                                                      "evidence"]))
     print(" ".join(f"§{c}: {v};" for c, v in verdicts(cases).items()) + f" {missing_note(missing)}")

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.rows import (BLADE, EQUAL_COST_ROLES, ROLE_ORDER, STATIC_OBJECTIVES, Row, all_tables,  # noqa: F401
-                           blade_n, curve_path, eval_dir, expected_rows, is_static, model_dir, role)  # re-exported
+from analysis.rows import (BLADE, EQUAL_COST_ROLES, EXTERNAL, ROLE_ORDER, Row, all_tables, blade_n,  # noqa: F401
+                           curve_path, equal_cost, eval_dir, expected_rows, is_static, model_dir, role)  # re-exported
 from blade.errors import ConfigError, DataError
 from blade.experiment import ExperimentConfig, resolve
 
@@ -118,6 +118,19 @@ def collect_metrics(results: str | Path, rows: Iterable[Row], split: str, sample
             lines.append({"dataset": row.dataset, "setting": row.setting, "method": row.method, "role": row.role,
                           "seed": seed, **metrics})
     return pd.DataFrame(lines, columns=None if lines else ["dataset", "setting", "method", "role", "seed"])
+
+
+def equal_cost_methods(rows: Iterable[Row], per_seed: pd.DataFrame) -> list[str]:
+    """The methods of ``rows`` that are equal-cost baselines (:func:`analysis.rows.equal_cost`): an
+    external row counts when every seed found in ``per_seed`` (:func:`collect_metrics`) has
+    ``cost/samples_per_user`` 1 — a seed without a cost.json makes its cost unknown."""
+    out = []
+    for row in rows:
+        mine = per_seed[per_seed["method"] == row.method] if len(per_seed) else per_seed
+        samples = mine["cost/samples_per_user"].tolist() if "cost/samples_per_user" in mine else [math.nan] * len(mine)
+        if equal_cost(row.role, samples):
+            out.append(row.method)
+    return out
 
 
 def pooled_per_user(results: str | Path, row: Row, split: str, sample: bool = False,

@@ -8,6 +8,9 @@
 - ``cost_quality``: test NDCG@10 vs samples per user — the BoN@N and Oracle BoN@N curves over
   π_ref, and every aligned method's (and SFT's) sampled single-sample quality as a point at its
   cost, 1 sample (points at x = 1 are spread sideways a little so they do not hide each other) (§6.5);
+  an external row (``evaluate.external``; its greedy lists, the only ones it has) at the samples per
+  user of its cost.json — without one it is not placed on the x axis at all: a marker at the right
+  edge of the panel, at its quality, reads "NAME: cost unknown" (a cost is never guessed);
 - ``training``: training reward (mean over rollouts) and k3 KL(π_θ ‖ π_ref) vs step, every method.
 Lines are the mean over seeds with a ±1 sd band; per-step diagnostics are smoothed per seed by a
 centred rolling mean over 5% of the steps (the raw values are in diagnostics.parquet). A panel with
@@ -28,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from analysis.common import (BLADE, all_tables, blade_n, collect_metrics, curve_path,  # noqa: E402
+from analysis.common import (BLADE, EXTERNAL, all_tables, blade_n, collect_metrics, curve_path,  # noqa: E402
                              expected_rows, is_static, list_k, load_experiment, missing_note, parser,
                              read_diagnostics, run_cli)
 from analysis.rows import FIGURES  # noqa: E402
@@ -47,7 +50,7 @@ def _aligned(exp, static_only: bool) -> list[str]:
 
 def palette(exp) -> dict[str, tuple]:
     """One colour per row name, the same in every figure (BLADE always the first colour)."""
-    names = [BLADE, *[m for m in exp.aligned if m != BLADE], "sft"]
+    names = [BLADE, *[m for m in exp.aligned if m != BLADE], "sft", *exp.evaluate.external]
     colours = sns.color_palette("tab10", max(10, len(names)))
     return {name: colours[i % len(colours)] for i, name in enumerate(names)}
 
@@ -113,6 +116,39 @@ def row_means(results, exp, dataset: str, setting: str, methods: Sequence[str], 
     per_seed["samples"] = per_seed["cost/samples_per_user"].fillna(per_seed["method"].map(_n_of))
     return per_seed.groupby("method", sort=False).agg(mean=(metric, "mean"), sd=(metric, "std"),
                                                       samples=("samples", "mean")).reset_index()
+
+
+def external_points(results, exp, dataset: str, setting: str, metric: str, split: str,
+                    missing: list[str]) -> pd.DataFrame:
+    """Per external row: mean and sd over seeds of ``metric`` on its (greedy) lists, and its samples
+    per user from cost.json — NaN, the cost unknown, unless every seed found has one."""
+    rows = [r for r in expected_rows(exp, dataset, setting, split) if r.role == EXTERNAL]
+    per_seed = collect_metrics(results, rows, split, missing=missing)
+    if not len(per_seed) or metric not in per_seed:
+        return pd.DataFrame(columns=["method", "mean", "sd", "samples"])
+    cost = per_seed["cost/samples_per_user"] if "cost/samples_per_user" in per_seed else np.nan
+    return per_seed.assign(samples=cost).groupby("method", sort=False).agg(
+        mean=(metric, "mean"), sd=(metric, "std"),
+        samples=("samples", lambda s: s.mean() if s.notna().all() else np.nan)).reset_index()
+
+
+def _external(ax, points: pd.DataFrame, colours: dict) -> bool:
+    """Draw the external rows: at their cost, or — cost unknown — at the right edge, named so;
+    returns whether one was placed on the x axis."""
+    placed = False
+    for point in points.itertuples():
+        colour = colours.get(point.method, "0.5")
+        if np.isfinite(point.samples):
+            ax.errorbar([point.samples], [point.mean], yerr=[0 if math.isnan(point.sd) else point.sd], fmt="*",
+                        markersize=9, capsize=2, color=colour, label=f"{point.method} (external)")
+            placed = True
+            continue
+        edge = ax.get_yaxis_transform()  # x in axes units, y in data: off the cost axis, at its quality
+        ax.plot([1.0], [point.mean], marker="<", markersize=8, color=colour, transform=edge, clip_on=False, ls="",
+                label=f"{point.method} (external, cost unknown)")
+        ax.annotate(f"{point.method}: cost unknown", xy=(1.0, point.mean), xycoords=edge, xytext=(-8, 0),
+                    textcoords="offset points", ha="right", va="center", fontsize=7, color=colour)
+    return placed
 
 
 def sampled(exp, split: str) -> bool:
@@ -238,9 +274,11 @@ def cost_quality(results, exp, out: Path, missing: list[str], split: str = "test
                 ax.errorbar([x], [point.mean], yerr=[0 if math.isnan(point.sd) else point.sd], fmt="D", capsize=2,
                             color=colours.get(point.method, "0.5"), label=f"{point.method} (1 sample)")
                 drawn = True
-            if not drawn:
+            external = external_points(results, exp, dataset, setting, metric, split, missing)
+            drawn = _external(ax, external, colours) or drawn
+            if not drawn and not len(external):
                 _empty(ax, "no BoN rows and no sampled decoding")
-            else:
+            elif drawn:
                 ax.set_xscale("log", base=2)
             ax.set_title(f"{dataset} · {setting}", fontsize=9)
             ax.set_xlabel("samples per user")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from blade.data.canonical import load_prepared
+from blade.data import load_prepared
 from blade.data.sources.instruction_json import connected_components
 
 _SERIES = re.compile(r"\(([^()#]*?),?\s*#\s*[\d.]+(?:-[\d.]+)?\)\s*$")

@@ -8,7 +8,10 @@ setting targets and the accuracy paid for it, both relative to SFT (π_ref), on 
 - ``target_gain``: the change vs SFT, signed so that > 0 is an improvement (MGU/DGU falling);
 - ``accuracy_paid``: SFT's NDCG@10 minus the method's (> 0 = accuracy lost).
 Means over seeds; deltas are differences of those means. ``static`` marks static BoN alignment
-(BOND, vBoN, ``estimator: static``), what §6.2 compares BLADE's accuracy loss with.
+(BOND, vBoN, ``estimator: static``), what §6.2 compares BLADE's accuracy loss with. External rows
+(``evaluate.external``: another codebase's lists, trained under no setting of this suite) appear in
+every setting's block, against the same SFT, so a list-wise model from elsewhere can be read beside
+the aligned ones; the references are not listed (they target nothing).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis.common import (all_tables, collect_metrics, expected_rows, fmt, higher_is_better, is_static, list_k,
-                             load_experiment, markdown, mean_std, missing_note, parser, pretty, run_cli, write_csv,
-                             write_markdown)
+from analysis.common import (EXTERNAL, all_tables, collect_metrics, expected_rows, fmt, higher_is_better, is_static,
+                             list_k, load_experiment, markdown, mean_std, missing_note, parser, pretty, run_cli,
+                             write_csv, write_markdown)
 
 COLUMNS = ["dataset", "reward_setting", "method", "role", "static", "n_seeds", "target_metric", "target", "target_std",
            "target_delta", "target_gain", "accuracy_metric", "accuracy", "accuracy_std", "accuracy_paid"]
@@ -43,7 +46,7 @@ def listwise(results, exp, split: str = "test") -> tuple[pd.DataFrame, list[str]
     lines, missing = [], []
     for dataset, setting in all_tables(exp):
         rows = [r for r in expected_rows(exp, dataset, setting, split, bon_ns=[])
-                if r.role in ("sft", "blade", "variant", "baseline")]
+                if r.role in ("sft", EXTERNAL, "blade", "variant", "baseline")]
         per_seed = collect_metrics(results, rows, split, missing=missing)
         stats = {}
         for row in rows:
@@ -69,7 +72,8 @@ def to_markdown(frame: pd.DataFrame, missing: list[str], split: str) -> str:
     out = [f"# List-wise objectives ({split} split, greedy lists; deltas vs SFT)\n"]
     for dataset, block in frame.groupby("dataset", sort=False):
         header = ["reward setting", "method", "n", "target", "value", "gain vs SFT", "NDCG@10", "accuracy paid"]
-        body = [[line.reward_setting, line.method + (" (static)" if line.static else ""), str(line.n_seeds),
+        body = [[line.reward_setting, line.method + (" (static)" if line.static else " (external)"
+                                                     if line.role == EXTERNAL else ""), str(line.n_seeds),
                  pretty(line.target_metric), fmt(line.target, line.target_std), fmt(line.target_gain),
                  fmt(line.accuracy, line.accuracy_std), fmt(line.accuracy_paid)] for line in block.itertuples()]
         out += [f"## {dataset}\n", markdown(header, body)]

@@ -9,11 +9,13 @@ each seed's ``metrics.json`` value (reference rows: seed 0 only).
 - **bold**: the best value of the column, direction-aware (↓ = lower is better), Oracle BoN excluded
   (it reads the test target); ties are all bold;
 - ``†`` on BLADE's cell: BLADE differs from the best *equal-cost* baseline of that column (SFT,
-  references, aligned baselines: one list per user, no ground truth) with Holm-adjusted paired
+  references, aligned baselines: one list per user, no ground truth; an external row only when its
+  cost.json says one sample per user, ``analysis.rows.equal_cost``) with Holm-adjusted paired
   t-test p < 0.05, read from ``significance.csv`` (pooled MGU/DGU by their per-user variants;
   coverage has no per-user value and no marker).
-Expected rows come from the config; runs not found are listed under each table ("Missing"), and a
-row with no run at all is kept with empty cells.
+External rows (``evaluate.external``) are labelled "(external)", and "(external, cost unknown)"
+where they came without a cost.json. Expected rows come from the config; runs not found are listed
+under each table ("Missing"), and a row with no run at all is kept with empty cells.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.common import (read_significance, BLADE, EQUAL_COST_ROLES, all_tables, blade_n, collect_metrics, expected_rows, fmt,
-                             higher_is_better, list_k, load_experiment, markdown, mean_std, missing_note, order_rows,
-                             parser, per_user_name, pretty, run_cli, tex_escape, write_csv, write_markdown,
-                             write_text)
+from analysis.common import (read_significance, BLADE, EXTERNAL, all_tables, blade_n, collect_metrics,
+                             equal_cost_methods, expected_rows, fmt, higher_is_better, list_k, load_experiment,
+                             markdown, mean_std, missing_note, order_rows, parser, per_user_name, pretty, run_cli,
+                             tex_escape, write_csv, write_markdown, write_text)
 
 MARK = "†"
 
@@ -53,9 +55,9 @@ def summarise(per_seed: pd.DataFrame, rows, metrics: Sequence[str]) -> pd.DataFr
     return pd.DataFrame(lines)
 
 
-def best_rows(table: pd.DataFrame, metric: str, roles: Sequence[str] | None = None) -> list[str]:
-    """Methods holding the column's best mean (direction-aware), among ``roles`` (default: all but oracle)."""
-    pool = table[table["role"].isin(roles)] if roles else table[table["role"] != "oracle"]
+def best_rows(table: pd.DataFrame, metric: str, methods: Sequence[str] | None = None) -> list[str]:
+    """Methods holding the column's best mean (direction-aware), among ``methods`` (default: all but oracle)."""
+    pool = table[table["method"].isin(methods)] if methods is not None else table[table["role"] != "oracle"]
     values = pool[metric].to_numpy(float)
     if not np.isfinite(values).any():
         return []
@@ -63,9 +65,11 @@ def best_rows(table: pd.DataFrame, metric: str, roles: Sequence[str] | None = No
     return pool["method"][np.isclose(values, best, rtol=0, atol=1e-12)].tolist()
 
 
-def significant_vs_best(table: pd.DataFrame, sig: pd.DataFrame, metric: str) -> tuple[str | None, bool]:
-    """(best equal-cost baseline of the column, whether BLADE's difference from it is significant)."""
-    best = best_rows(table, metric, EQUAL_COST_ROLES)
+def significant_vs_best(table: pd.DataFrame, sig: pd.DataFrame, metric: str,
+                        pool: Sequence[str]) -> tuple[str | None, bool]:
+    """(best equal-cost baseline of the column — among the methods ``pool`` — and whether BLADE's
+    difference from it is significant)."""
+    best = best_rows(table, metric, pool)
     tested = per_user_name(metric)
     if not best or tested is None or sig is None or not len(sig):
         return (best[0] if best else None), False
@@ -86,24 +90,37 @@ def build(results, exp, sig: pd.DataFrame | None, split: str = "test") -> tuple[
         metrics = table_metrics(exp, per_seed.columns)
         table = order_rows(summarise(per_seed, rows, metrics)).reset_index(drop=True)
         bold = {m: best_rows(table, m) for m in metrics}
+        pool = equal_cost_methods(rows, per_seed)
         marked, versus = [], {}
         for m in metrics:
-            versus[m], significant = significant_vs_best(table, sig, m)
+            versus[m], significant = significant_vs_best(table, sig, m, pool)
             if significant:
                 marked.append(m)
         table["bold"] = [";".join(m for m in metrics if method in bold[m]) for method in table["method"]]
         table["marked"] = [";".join(marked) if method == BLADE else "" for method in table["method"]]
         tables.append({"dataset": dataset, "setting": setting, "frame": table, "metrics": metrics,
-                       "versus": versus, "missing": missing})
+                       "versus": versus, "missing": missing, "uncosted": _uncosted(per_seed),
+                       "not_equal_cost": [r.method for r in rows if r.role == EXTERNAL and r.method not in pool]})
         all_missing += missing
     return tables, sorted(set(all_missing))
 
 
-def _label(method: str, role: str) -> str:
+def _uncosted(per_seed: pd.DataFrame) -> set[str]:
+    """The methods found with a seed that has no cost (no cost/samples_per_user: no cost.json)."""
+    if not len(per_seed):
+        return set()
+    if "cost/samples_per_user" not in per_seed:
+        return set(per_seed["method"])
+    return set(per_seed.loc[per_seed["cost/samples_per_user"].isna(), "method"])
+
+
+def _label(method: str, role: str, uncosted: set[str] = frozenset()) -> str:
     if role == "oracle":
         return f"{method} (oracle: reads the target)"
     if role == "bon":
         return f"{method} ({method.split('_n')[-1]} lists/user)"
+    if role == EXTERNAL:
+        return f"{method} (external, cost unknown)" if method in uncosted else f"{method} (external)"
     return method
 
 
@@ -125,6 +142,8 @@ def _notes(t: dict) -> list[str]:
             "↓ = lower is better.",
             f"{MARK} = BLADE differs from the best equal-cost baseline of the column with Holm-adjusted paired t-test "
             f"p < 0.05 (significance.csv). Best equal-cost baseline per column: {versus or 'none'}.",
+            *([f"External rows shown but not equal-cost baselines (their cost.json does not say one sample per "
+               f"user, or there is none): {', '.join(t['not_equal_cost'])}."] if t["not_equal_cost"] else []),
             missing_note(t["missing"])]
 
 
@@ -132,7 +151,7 @@ def to_markdown(tables: list[dict], split: str) -> str:
     out = [f"# Main table ({split} split, greedy lists)\n"]
     for t in tables:
         header = ["method", "n", *(pretty(m) for m in t["metrics"])]
-        body = [[_label(line["method"], line["role"]), str(line["n_seeds"]),
+        body = [[_label(line["method"], line["role"], t["uncosted"]), str(line["n_seeds"]),
                  *_cells(line, t["metrics"], lambda s: f"**{s}**", MARK)] for _, line in t["frame"].iterrows()]
         out += [f"## {t['dataset']} · reward setting `{t['setting']}`\n", markdown(header, body)]
         out += [f"- {note}" for note in _notes(t)] + [""]
@@ -149,7 +168,8 @@ def to_latex(tables: list[dict], split: str) -> str:
         for _, line in t["frame"].iterrows():
             cells = _cells(line, t["metrics"], lambda s: f"\x00{s}\x01", MARK)
             cells = [tex_escape(c).replace("\x00", "\\textbf{").replace("\x01", "}") for c in cells]
-            out.append(" & ".join([tex_escape(_label(line["method"], line["role"])), str(line["n_seeds"]), *cells])
+            out.append(" & ".join([tex_escape(_label(line["method"], line["role"], t["uncosted"])), str(line["n_seeds"]),
+                                   *cells])
                        + " \\\\")
         caption = f"{t['dataset']}, reward setting {t['setting']}, {split} split. " + " ".join(_notes(t))
         out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{tex_escape(caption)}}}",

@@ -6,10 +6,14 @@ Row roles (they decide what a row is compared with):
 - ``variant``: another entry with ``objective: blade`` (an ablation: estimator, κ0, γ, N, G…);
 - ``baseline``: an aligned method with another objective (DPO, GRPO, BOND, vBoN…);
 - ``sft`` (π_ref) and ``reference`` (most popular, co-occurrence): trained under no reward setting;
+- ``external``: a row made outside the suite (``evaluate.external``: another codebase's lists, scored
+  by ``blade evaluate``): trained under no reward setting either, with the seeds it has files for;
 - ``bon``: Best-of-N over π_ref at inference (N lists per user: N× the cost of one);
 - ``oracle``: Oracle BoN@N — it reads the test target, so it is the static upper bound, not a method.
 "Equal-cost baselines" (what BLADE's single greedy list is tested against for the main claim) are
-``sft``, ``reference`` and ``baseline`` rows: one list per user, no ground truth.
+``sft``, ``reference`` and ``baseline`` rows: one list per user, no ground truth — and an external
+row whose cost.json says one sample per user (:func:`equal_cost`; its cost is otherwise unknown or
+higher, and the row is shown but not judged against).
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from blade.experiment import NO_REWARD, REFERENCE_ROWS, ExperimentConfig
+from blade.align.registry import Method
+from blade.eval.config import NO_REWARD, REFERENCE_ROWS
+from blade.experiment import ExperimentConfig
 
 BLADE = "blade"
 EQUAL_COST_ROLES = ("sft", "reference", "baseline")
-ROLE_ORDER = ("sft", "reference", "baseline", "bon", "oracle", "variant", "blade")
-# Published static BoN alignment (capped by BoN@N of π_ref) and BLADE with the reference quantiles
-# only: the "static" side of the gradient-decay and static-bound figures (docs/method.md §6.3, §6.4).
-STATIC_OBJECTIVES = ("bond", "vbon")
+EXTERNAL = "external"
+ROLE_ORDER = ("sft", "reference", EXTERNAL, "baseline", "bon", "oracle", "variant", "blade")
+UNTRAINED_ROLES = ("sft", "reference", EXTERNAL)  # rows trained under no reward setting: directory `none`
 
 
 # ------------------------------------------------------------------------------------- the rows
@@ -41,8 +46,9 @@ class Row:
 
     @property
     def directory(self) -> str:
-        """The reward-setting directory its files lie under (``none`` for SFT and the references)."""
-        return NO_REWARD if self.role in ("sft", "reference") else self.setting
+        """The reward-setting directory its files lie under (``none`` for SFT, the references and
+        external rows)."""
+        return NO_REWARD if self.role in UNTRAINED_ROLES else self.setting
 
     def label(self, seed: int | None = None) -> str:
         tail = f"/seed{seed}" if seed is not None else ""
@@ -54,6 +60,8 @@ def role(method: str, exp: ExperimentConfig) -> str:
         return "sft"
     if method in REFERENCE_ROWS:
         return "reference"
+    if method in exp.evaluate.external:
+        return EXTERNAL
     if method.startswith("oracle_bon_n"):
         return "oracle"
     if method.startswith("bon_n"):
@@ -65,10 +73,25 @@ def role(method: str, exp: ExperimentConfig) -> str:
 
 
 def is_static(method: str, exp: ExperimentConfig) -> bool:
-    """Static BoN alignment: BOND/vBoN, or a BLADE entry with ``estimator: static``."""
-    entry = exp.methods.get(method, {})
-    return entry.get("objective") in STATIC_OBJECTIVES or (
-        entry.get("objective") == "blade" and entry.get("estimator") == "static")
+    """Static BoN alignment — the "static" side of the gradient-decay and static-bound figures and
+    claims (docs/method.md §6.3, §6.4): a method entry whose objective says its target is static
+    (``Objective.target_kind`` of the entry's options: BOND, vBoN, BLADE with ``estimator: static``,
+    any new objective that declares ``target = "static"``). Rows that are no method entry are not."""
+    if method not in exp.methods:
+        return False
+    # the entry is resolved (a plain dict, every option filled); validating it again gives the options
+    entry = Method.from_entry(exp.methods[method], f"methods.{method}")
+    return entry.objective_class.target_kind(entry.options) == "static"
+
+
+def equal_cost(role: str, samples_per_user: Iterable[float] = ()) -> bool:
+    """Whether a row is an equal-cost baseline of BLADE's single greedy list (the main claim, the
+    main table's †): the roles in EQUAL_COST_ROLES, and an external row whose every seed's
+    cost.json says ``samples_per_user == 1`` (``samples_per_user``: those values; none = unknown)."""
+    if role in EQUAL_COST_ROLES:
+        return True
+    values = list(samples_per_user)
+    return role == EXTERNAL and bool(values) and all(v == 1 for v in values)
 
 
 def blade_n(exp: ExperimentConfig) -> int:
@@ -78,12 +101,15 @@ def blade_n(exp: ExperimentConfig) -> int:
 
 def expected_rows(exp: ExperimentConfig, dataset: str, setting: str, split: str = "test",
                   bon_ns: Iterable[int] | None = None, aligned: bool = True) -> list[Row]:
-    """Every row a (dataset, reward setting) table should hold, read from the config: SFT and the
-    references (reward setting ``none``; references have seed 0 only), each aligned method, and —
-    on the splits that get them — the BoN and Oracle BoN rows for ``bon_ns`` (default: all N)."""
+    """Every row a (dataset, reward setting) table should hold, read from the config: SFT, the
+    references and the external rows (reward setting ``none``; references have seed 0 only, external
+    rows the seeds they have files for), each aligned method, and — on the splits that get them —
+    the BoN and Oracle BoN rows for ``bon_ns`` (default: all N)."""
     seeds = tuple(exp.run.seeds)
     rows = [Row(dataset, setting, "sft", "sft", seeds)]
     rows += [Row(dataset, setting, r, "reference", (0,)) for r in exp.evaluate.references]
+    rows += [Row(dataset, setting, name, EXTERNAL, ext.seeds_for(exp.run.seeds))
+             for name, ext in exp.evaluate.external.items()]
     if aligned:
         rows += [Row(dataset, setting, m, role(m, exp), seeds) for m in exp.methods_for(setting)]
     if split in exp.evaluate.inference_splits:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from blade.data.canonical import load_prepared
+from blade.data import load_prepared
 
 ROWS = ("sft", "cooc", "sasrec", "mostpop")
 BUCKETS = ((0, 0, "cold (0)"), (1, 4, "1-4"), (5, 19, "5-19"), (20, None, ">= 20"))
@@ -84,10 +84,10 @@ def gap_tables(results: Path, dataset: str, split: str) -> str:
 
 
 def fit_table(results: Path, dataset: str, rows: int = 1000) -> str:
-    from blade.experiment import EvalConfig
+    from blade.eval.config import EvalConfig
     from blade.model.policy import Policy
     from blade.seeding import pin_cpu_threads
-    from blade.train.selection import selection_slice, valid_metrics
+    from blade.eval.selection import selection_slice, valid_metrics
 
     pin_cpu_threads()
     _, splits, _ = load_prepared(results / "data" / dataset)

@@ -11,7 +11,9 @@ For each comparison (BLADE vs one other row) and each per-user metric:
   comparison, for each test separately. ``significant`` reads the Holm-adjusted t-test p < 0.05.
 Pooled MGU/DGU are tested on their per-user variants (``mgu_pop_user@K``); catalogue-level numbers
 (coverage, Gini, entropy) have no per-user value and no test. Oracle BoN rows are not compared
-(they read the test target); of the BoN rows only BoN@N at BLADE's N is.
+(they read the test target); of the BoN rows only BoN@N at BLADE's N is. External rows
+(``evaluate.external``, role ``external``) are compared like every other row (paired by split row,
+Holm across the metrics of their comparison); their per-user file is ``blade evaluate``'s.
 
 Why the sign-flip test is written here: it is ``scipy.stats.permutation_test`` with
 ``permutation_type="samples"`` on the paired differences (the tests check the two agree exactly on

@@ -2,7 +2,7 @@
 (docs/method.md §6.4: test NDCG vs step). The DAG's ``align`` job writes this file itself
 (``blade align --curve``); this command scores a run again, e.g. one trained outside the DAG.
 
-What it computes: :func:`blade.scoring.snapshot_curve`.
+What it computes: :func:`blade.eval.scoring.snapshot_curve`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 from analysis.common import run_cli
-from blade.scoring import snapshot_curve, snapshot_dirs  # noqa: F401 — snapshot_dirs re-exported
+from blade.eval.scoring import snapshot_curve, snapshot_dirs  # noqa: F401 — snapshot_dirs re-exported
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import json
 
     from blade.config import from_dict
-    from blade.experiment import EvalConfig
+    from blade.data import PreparedData
+    from blade.eval.config import EvalConfig
     from blade.io import write_parquet
 
     if args.threads:
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     evaluation = from_dict(EvalConfig, json.loads(args.config_json).get("evaluate"), "evaluate")
-    frame = snapshot_curve(args.run, args.data, args.split, evaluation, args.device)
+    frame = snapshot_curve(args.run, PreparedData.load(args.data), args.split, evaluation, args.device)
     write_parquet(args.out, frame)
     print(f"{len(frame)} snapshots scored on {args.split} → {args.out}")
 

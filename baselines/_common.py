@@ -1,6 +1,8 @@
 """Small pieces the baseline objectives share: the list log-ratio ``h``, the zero penalty of
-methods without a KL term, a per-context seeded generator for the offline methods' random picks,
-and the reward diagnostics every method logs. Not a method (registers nothing).
+methods without a KL term, a per-context seeded generator for the offline methods' random picks
+and the read mask of their picked lists. Not a method (registers nothing). The reward diagnostics
+every method logs and the rewards as numpy are :mod:`blade.align.objective`'s
+(``reward_diagnostics``, ``as_numpy``), shared with BLADE.
 
 torch is imported lazily (:mod:`blade.lazy`): validating a method's config must not import it.
 """
@@ -46,17 +48,3 @@ def pair_mask(rewards: np.ndarray, *picks: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx)
         keep[ar[:, None] if idx.ndim == 2 else ar, idx] = True
     return keep
-
-
-def reward_diagnostics(rewards: np.ndarray) -> dict[str, float]:
-    """``reward_mean`` (all lists), ``reward_bon_group`` (mean over contexts of each group's best
-    reward: the batch's BoN@G) and ``tied_frac`` (share of contexts whose rewards all tie).
-    rewards (B, G)."""
-    r = np.asarray(rewards, dtype=np.float64)
-    return {"reward_mean": float(r.mean()), "reward_bon_group": float(r.max(1).mean()),
-            "tied_frac": float((r == r[:, :1]).all(1).mean())}
-
-
-def rewards_np(batch: RolloutBatch) -> np.ndarray:
-    """The batch's rewards as float64 numpy (B, G)."""
-    return batch.rewards.detach().cpu().double().numpy()

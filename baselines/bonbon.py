@@ -41,12 +41,10 @@ from baselines._common import (
     list_log_ratio,
     masked_mean,
     pair_mask,
-    reward_diagnostics,
-    rewards_np,
     zero_penalty,
 )
 from blade.align.estimators import RefPrior
-from blade.align.objective import Objective, RolloutBatch
+from blade.align.objective import Objective, RolloutBatch, as_numpy, reward_diagnostics
 from blade.align.registry import register
 from blade.config import option
 from blade.lazy import torch
@@ -97,6 +95,12 @@ class BoNBoNObjective(Objective):
 
     config_class = BoNBoNConfig
     data = "reference"
+    # "none", though BoNBoN's fixed point is π_BoN(π_ref) (so BoN@n of π_ref caps it too): its loss
+    # holds no BoN target CDF — it fits a best-vs-worst pair of stored lists to the constant margin
+    # (n−1)·H_{n−1} plus an NLL, so its signal cannot saturate as the policy improves, and it logs
+    # none of the §3.7 weight diagnostics. The static side of the §6.3/§6.4 comparisons is the
+    # CDF-weighted methods docs/method.md names (vBoN, BOND, BLADE `estimator: static`).
+    target = "none"
 
     def __init__(self, config: BoNBoNConfig | None, prior: RefPrior | None = None):
         self.config = config or BoNBoNConfig()
@@ -108,7 +112,7 @@ class BoNBoNObjective(Objective):
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         cfg = self.config
-        rewards = rewards_np(batch)                                                # (B, G)
+        rewards = as_numpy(batch.rewards)                                          # (B, G)
         rows = np.asarray(batch.rows, dtype=np.int64)
         best, worst = best_worst_of_n(rewards, rows, batch.step, cfg.n)            # (B,) each
         ar = np.arange(len(best))

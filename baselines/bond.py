@@ -44,15 +44,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
-from baselines._common import reward_diagnostics, rewards_np
 from blade.align.estimators import RefPrior, StaticEstimator, on_reward_grid, ref_cdf
 from blade.align.objective import (
     Objective,
     RolloutBatch,
+    as_numpy,
     backward_kl_loss,
     bon_diagnostics,
     forward_kl_loss,
@@ -63,11 +63,14 @@ from blade.config import option
 from blade.lazy import torch
 
 
+Anchor = Literal["ema", "reference"]  # the choices, once: from_dict checks a config, __post_init__ a direct build
+
+
 @dataclass
 class BONDConfig:
     n: int = option(8, help="N of the BoN target π* ∝ π_a·F_a(r)^(N−1)")
     beta_j: float = option(0.5, help="Jeffreys weight β_j of the backward KL (BOND's J-BOND default 0.5)")
-    anchor: Literal["ema", "reference"] = option(
+    anchor: Anchor = option(
         "ema", help="'ema': J-BOND's moving anchor, an EMA of the policy; 'reference': the fixed anchor π_ref with "
                     "F̂_ref from the reference rollouts (the static target π_BoN(π_ref))")
     eta: float = option(0.02, help="ema: anchor EMA rate η, π_a ← (1−η)·π_a + η·π_θ after each step (J-BOND 0.02)")
@@ -80,8 +83,8 @@ class BONDConfig:
             raise ValueError(f"n (the BoN N) must be >= 2, got {self.n}")
         if not 0.0 <= self.beta_j <= 1.0:
             raise ValueError(f"beta_j must lie in [0, 1], got {self.beta_j}")
-        if self.anchor not in ("ema", "reference"):
-            raise ValueError(f"anchor must be 'ema' or 'reference', got {self.anchor!r}")
+        if self.anchor not in get_args(Anchor):
+            raise ValueError(f"anchor must be {' or '.join(map(repr, get_args(Anchor)))}, got {self.anchor!r}")
         if not 0.0 < self.eta <= 1.0:
             raise ValueError(f"eta must lie in (0, 1], got {self.eta}")
         if self.anchor_samples < 1:
@@ -96,6 +99,11 @@ class BONDObjective(Objective):
 
     config_class = BONDConfig
     data = "policy"
+    # "static" for both anchors: the target is the BoN of an anchor weighted by the anchor's own
+    # empirical CDF, never a posterior updated with the policy's rewards. `anchor: reference` is
+    # exactly π_BoN(π_ref); J-BOND's EMA anchor starts at π_ref and trails the policy at η = 0.02 —
+    # docs/method.md §6.3 counts BOND among the published static BoN methods the claims compare with.
+    target = "static"
 
     def __init__(self, config: BONDConfig | None, prior: RefPrior | None = None):
         self.config = cfg = config or BONDConfig()
@@ -114,7 +122,7 @@ class BONDObjective(Objective):
         if batch.anchor_token_logp is None or batch.anchor_rewards is None:
             raise ValueError("bond (anchor: ema) needs batch.anchor_token_logp and batch.anchor_rewards; the loop "
                              "fills them for objectives that set anchor_ema / anchor_samples")
-        a_r = on_reward_grid(batch.anchor_rewards.detach().cpu().double().numpy())    # (B, Ga)
+        a_r = on_reward_grid(as_numpy(batch.anchor_rewards))                          # (B, Ga)
         # docs/method.md (2.2) with the anchor's Ga samples: (1 + #{a_j < r} + ½#{a_j = r}) / (Ga + 1)
         log_f = np.log(ref_cdf(on_reward_grid(rewards), a_r, np.ones_like(a_r, dtype=bool)))
         anchor_lp = (batch.anchor_token_logp * batch.mask).sum(-1)
@@ -123,7 +131,7 @@ class BONDObjective(Objective):
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         cfg, n = self.config, self.config.n
-        rewards = rewards_np(batch)                                                # (B, G)
+        rewards = as_numpy(batch.rewards)                                          # (B, G)
         log_f_np, anchor_lp, anchor_diag = self._anchor(batch, rewards)            # (B, G) each
         logp = batch.logp                                                          # (B, G), grad
         dev, dt = logp.device, logp.dtype
@@ -146,7 +154,6 @@ class BONDObjective(Objective):
         penalty = cfg.beta_kl * kl
         diag = bon_diagnostics(log_f_np, w.cpu().numpy(), n, rewards=rewards, kl=kl.item(),
                                loss_forward=loss_fwd.item(), loss_backward=loss_bwd.item(), loss_kl=penalty.item())
-        diag.update(reward_diagnostics(rewards))
         diag.update(anchor_diag)
         diag["anchor_logratio"] = float((logp.detach().double() - anchor_lp).mean())  # mean log π_θ/π_a per list
         return align, penalty, diag

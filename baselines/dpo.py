@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from baselines._common import list_log_ratio, masked_mean, pair_mask, reward_diagnostics, rewards_np, zero_penalty
+from baselines._common import list_log_ratio, masked_mean, pair_mask, zero_penalty
 from blade.align.estimators import RefPrior
-from blade.align.objective import Objective, RolloutBatch
+from blade.align.objective import Objective, RolloutBatch, as_numpy, reward_diagnostics
 from blade.align.registry import register
 from blade.config import option
 from blade.lazy import F, torch
@@ -52,6 +52,7 @@ class DPOObjective(Objective):
 
     config_class = DPOConfig
     data = "reference"
+    target = "none"  # a preference loss on reference pairs: no BoN target
 
     def __init__(self, config: DPOConfig | None, prior: RefPrior | None = None):
         self.config = config or DPOConfig()
@@ -62,7 +63,7 @@ class DPOObjective(Objective):
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         beta = self.config.beta
-        rewards = rewards_np(batch)                                                # (B, G)
+        rewards = as_numpy(batch.rewards)                                          # (B, G)
         w_idx, l_idx, has_pair = best_worst(rewards)                               # (B,) each
         h = list_log_ratio(batch)                                                  # (B, G), grad
         ar = torch.arange(h.shape[0], device=h.device)

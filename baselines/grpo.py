@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-from baselines._common import reward_diagnostics, rewards_np
 from blade.align.estimators import RefPrior
-from blade.align.objective import Objective, RolloutBatch, k3_kl
+from blade.align.objective import Objective, RolloutBatch, k3_kl, reward_diagnostics
 from blade.align.registry import register
 from blade.config import option
 from blade.lazy import torch
@@ -42,15 +41,20 @@ from blade.lazy import torch
 TRL_VERSION = "1.16.0"  # the TRL release whose GRPOTrainer defaults and loss this file follows
 
 
+# The choices, once: from_dict checks a config against them, __post_init__ a directly built one
+ScaleRewards = Literal["group", "batch", "none"]
+LossType = Literal["dapo", "grpo", "dr_grpo"]
+
+
 @dataclass
 class GRPOConfig:
     beta: float = option(0.04, help="β of the k3 KL(π_θ ‖ π_ref) penalty (docs/method.md §5; TRL 1.16 default 0.0)")
     epsilon: float = option(0.2, help="clipping ε: ratio clipped to [1−ε, 1+ε_high] (TRL default 0.2)")
     epsilon_high: float | None = option(None, help="upper clipping ε_high; null = ε (TRL default)")
-    scale_rewards: Literal["group", "batch", "none"] = option(
+    scale_rewards: ScaleRewards = option(
         "group", help="advantage scaling (TRL 1.16 default 'group'): divide (r − group mean) by the group std + 1e-4, "
                       "the batch std + 1e-4, or not at all (Dr. GRPO)")
-    loss_type: Literal["dapo", "grpo", "dr_grpo"] = option(
+    loss_type: LossType = option(
         "dapo", help="token aggregation (TRL 1.16 default 'dapo'): 'dapo' = mean over all real tokens of the batch, "
                      "'grpo' = per-list token mean then mean over lists, 'dr_grpo' = token sum / (lists·T)")
     kl_ratio_correction: bool = option(
@@ -63,10 +67,10 @@ class GRPOConfig:
             raise ValueError(f"epsilon must lie in (0, 1), got {self.epsilon}")
         if self.epsilon_high is not None and not (self.epsilon_high > 0 and math.isfinite(self.epsilon_high)):
             raise ValueError(f"epsilon_high must be a finite number > 0 or null, got {self.epsilon_high}")
-        if self.scale_rewards not in ("group", "batch", "none"):
-            raise ValueError(f"scale_rewards must be one of ['batch', 'group', 'none'], got {self.scale_rewards!r}")
-        if self.loss_type not in ("dapo", "grpo", "dr_grpo"):
-            raise ValueError(f"loss_type must be one of ['dapo', 'dr_grpo', 'grpo'], got {self.loss_type!r}")
+        if self.scale_rewards not in get_args(ScaleRewards):
+            raise ValueError(f"scale_rewards must be one of {sorted(get_args(ScaleRewards))}, got {self.scale_rewards!r}")
+        if self.loss_type not in get_args(LossType):
+            raise ValueError(f"loss_type must be one of {sorted(get_args(LossType))}, got {self.loss_type!r}")
 
 
 def group_advantages(rewards: torch.Tensor, scale: str) -> torch.Tensor:
@@ -98,6 +102,7 @@ class GRPOObjective(Objective):
 
     config_class = GRPOConfig
     data = "policy"
+    target = "none"  # group-normalised raw rewards: no BoN target
 
     def __init__(self, config: GRPOConfig | None, prior: RefPrior | None = None):
         self.config = config or GRPOConfig()
@@ -129,5 +134,5 @@ class GRPOObjective(Objective):
                     "kl": ((per_token_kl * m).sum() / m.sum().clamp(min=1.0)).item(),  # TRL's logged per-token mean
                     "clip_ratio": ((clip_region * m).sum() / m.sum().clamp(min=1.0)).item(),
                     "advantage_abs": adv.abs().mean().item(),
-                    **reward_diagnostics(rewards_np(batch))}
+                    **reward_diagnostics(batch.rewards)}
         return align, penalty, diag

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -33,12 +33,10 @@ from baselines._common import (
     list_log_ratio,
     masked_mean,
     pair_mask,
-    reward_diagnostics,
-    rewards_np,
     zero_penalty,
 )
 from blade.align.estimators import RefPrior
-from blade.align.objective import Objective, RolloutBatch
+from blade.align.objective import Objective, RolloutBatch, as_numpy, reward_diagnostics
 from blade.align.registry import register
 from blade.config import option
 from blade.lazy import F, torch
@@ -46,11 +44,14 @@ from blade.lazy import F, torch
 _SALT = 5  # tells this method's random picks apart from other methods' (see context_rng)
 
 
+Negatives = Literal["random", "lowest"]  # the choices, once: from_dict checks a config, __post_init__ a direct build
+
+
 @dataclass
 class SDPOConfig:
     beta: float = option(1.0, help="β of the softmax DPO loss (S-DPO paper and code default 1)")
     m: int = option(3, help="negatives per context (S-DPO's neg_num; the paper's default 3)")
-    negatives: Literal["random", "lowest"] = option(
+    negatives: Negatives = option(
         "random", help="'random': m distinct lists drawn uniformly among those below the best (as the S-DPO code "
                        "samples negatives); 'lowest': the m lowest-reward lists")
 
@@ -59,8 +60,8 @@ class SDPOConfig:
             raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
         if self.m < 1:
             raise ValueError(f"m (negatives per context) must be >= 1, got {self.m}")
-        if self.negatives not in ("random", "lowest"):
-            raise ValueError(f"negatives must be 'random' or 'lowest', got {self.negatives!r}")
+        if self.negatives not in get_args(Negatives):
+            raise ValueError(f"negatives must be {' or '.join(map(repr, get_args(Negatives)))}, got {self.negatives!r}")
 
 
 def pick_negatives(rewards: np.ndarray, rows: np.ndarray, step: int, m: int, how: str) -> tuple[np.ndarray, np.ndarray,
@@ -89,6 +90,7 @@ class SDPOObjective(Objective):
 
     config_class = SDPOConfig
     data = "reference"
+    target = "none"  # a softmax preference loss on reference lists: no BoN target
 
     def __init__(self, config: SDPOConfig | None, prior: RefPrior | None = None):
         self.config = config or SDPOConfig()
@@ -103,7 +105,7 @@ class SDPOObjective(Objective):
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         cfg = self.config
-        rewards = rewards_np(batch)                                                # (B, G)
+        rewards = as_numpy(batch.rewards)                                          # (B, G)
         rows = np.asarray(batch.rows, dtype=np.int64)
         best, neg, neg_mask = pick_negatives(rewards, rows, batch.step, cfg.m, cfg.negatives)
         h = list_log_ratio(batch)                                                  # (B, G), grad

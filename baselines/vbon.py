@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from baselines._common import reward_diagnostics, rewards_np
 from blade.align.estimators import RefPrior, StaticEstimator
-from blade.align.objective import Objective, RolloutBatch, backward_kl_loss, bon_diagnostics, bon_weights, k3_kl
+from blade.align.objective import (Objective, RolloutBatch, as_numpy, backward_kl_loss, bon_diagnostics, bon_weights,
+                                   k3_kl)
 from blade.align.registry import register
 from blade.config import option
 from blade.lazy import torch
@@ -60,6 +60,7 @@ class VBoNObjective(Objective):
 
     config_class = VBoNConfig
     data = "policy"
+    target = "static"  # π_BoN(π_ref) with the fixed F̂_ref (docs/method.md (5.5), §2 "static upper bound")
 
     def __init__(self, config: VBoNConfig | None, prior: RefPrior):
         self.config = config or VBoNConfig()
@@ -73,7 +74,7 @@ class VBoNObjective(Objective):
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         n = self.config.n
         rows = np.asarray(batch.rows, dtype=np.int64)
-        rewards = rewards_np(batch)                                                # (B, G)
+        rewards = as_numpy(batch.rewards)                                          # (B, G)
         log_f = self.estimator(rewards, self.prior, rows)                          # (B, G) log F̂_ref, finite
         logp = batch.logp                                                          # (B, G), grad
         signal = torch.as_tensor(log_f, dtype=logp.dtype, device=logp.device)
@@ -86,5 +87,4 @@ class VBoNObjective(Objective):
         w = bon_weights(log_f, n)
         diag = bon_diagnostics(log_f, w, n, rewards=rewards, kl=kl.item(), loss_backward=align.item(),
                                loss_kl=penalty.item())
-        diag.update(reward_diagnostics(rewards))
         return align, penalty, diag

@@ -131,7 +131,7 @@ def _names(csv: str) -> list[str]:
 # ---- one dataset, one model, one schedule of contexts for every side ------------------------------
 def _prepare(args: argparse.Namespace, tmp: Path) -> dict:
     from blade.data import prepare
-    from blade.data.canonical import load_prepared
+    from blade.data import load_prepared
     from blade.model.policy import Policy, PolicyConfig
     from blade.seeding import seed_everything
 
@@ -223,7 +223,7 @@ def _our_side(side, common, wait_turn, report, ready) -> None:
     from blade.align.estimators import RefPrior
     from blade.align.loop import AlignConfig, alignment_step
     from blade.align.registry import build_objective
-    from blade.data.canonical import load_prepared
+    from blade.data import load_prepared
     from blade.model.policy import Policy
     from blade.rewards import ListReward, RewardConfig
     from blade.seeding import seed_everything
@@ -271,7 +271,7 @@ def _trl_side(side, common, wait_turn, report, ready) -> None:
     import torch
 
     from benchmarks._trl_grpo import load_tokenizer, train_trl_grpo
-    from blade.data.canonical import load_prepared
+    from blade.data import load_prepared
     from blade.model.codec import ItemCodec
     from blade.rewards import ListReward, RewardConfig
 

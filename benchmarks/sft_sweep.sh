@@ -93,12 +93,12 @@ echo "== reference rows (fitted once, while the SFT runs train)"
 SAS_EPOCHS=$([ "$QUICK" = 1 ] && echo 1 || echo 200)
 OMP_NUM_THREADS=$THREADS $PY - "$DATA" "$DEVICE" "$SAS_EPOCHS" "$RUNS/references.json" > "$RUNS/references.log" 2>&1 <<'EOF' &
 import json, sys, time
-from blade.data.canonical import load_prepared
+from blade.data import load_prepared
 from blade.metrics import ndcg_at_k
 from blade.reference import CoOccurrence, most_popular
-from blade.sasrec import SASRecConfig, SASRecRecommender
-from blade.train.selection import selection_slice
-from blade.experiment import EvalConfig
+from blade.eval.sasrec import SASRecConfig, SASRecRecommender
+from blade.eval.selection import selection_slice
+from blade.eval.config import EvalConfig
 
 data, device, epochs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 items, splits, _ = load_prepared(data)
@@ -130,10 +130,10 @@ echo "== test NDCG@10 of each SFT run's selected policy"
 OMP_NUM_THREADS=4 $PY - "$DATA" "$DEVICE" "$RUNS" "$DATASET" "$(( $(date +%s) - started ))" > "$OUT_DIR/sft_sweep.md" <<'EOF'
 import json, sys
 from pathlib import Path
-from blade.data.canonical import load_prepared
-from blade.experiment import EvalConfig
+from blade.data import load_prepared
+from blade.eval.config import EvalConfig
 from blade.model.policy import Policy
-from blade.train.selection import valid_metrics
+from blade.eval.selection import valid_metrics
 
 data, device, runs, dataset, seconds = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
 _, splits, _ = load_prepared(data)

@@ -81,14 +81,14 @@ def cmd_align(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from blade.experiment import EvalConfig
-    from blade.recommend import recommend
+    from blade import stages
+    from blade.eval.config import EvalConfig
 
     defaults = EvalConfig()
     args.k = args.k or defaults.k
     args.batch_size = args.batch_size or defaults.batch_size
-    n = recommend(args.out, args.data, args.split, args.k, args.batch_size, args.model, args.reference, args.device,
-                  args.samples, args.seed)
+    n = stages.recommend(args.out, args.data, args.split, args.k, args.batch_size, args.model, args.reference,
+                         args.device, args.samples, args.seed)
     print(f"wrote {n} rows of {args.k} items to {args.out}")
 
 
@@ -101,19 +101,21 @@ def cmd_bon(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     from blade import stages
+    from blade.eval.scoring import invalid_slots
 
     done = stages.score(_json_arg(args.config_json, "--config-json"), args.data, args.root, args.seed, args.dataset,
                         args.method or args.reference or "external", args.reward_setting, args.model, args.reference,
                         args.device)
     for name, summary in done.items():
-        print(f"{name}: " + " ".join(f"{m}={summary[m]:.4f}" for m in ("recall@10", "ndcg@10", "invalid_rate")
-                                      if m in summary))
+        print(f"{name}: " + " ".join(f"{m}={summary[m]:.4f}" for m in ("recall@10", "ndcg@10") if m in summary)
+              + f" invalid_rate={summary['invalid_rate']:.4f} ({invalid_slots(summary)} invalid slots)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from blade import stages
     from blade.errors import ConfigError
-    from blade.experiment import EvalConfig
+    from blade.eval.config import EvalConfig
+    from blade.eval.scoring import invalid_slots
 
     try:
         ks = [int(k) for k in args.ks.split(",")] if args.ks else EvalConfig().ks
@@ -122,7 +124,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     summary = stages.evaluate(args.recs, args.data, args.split, args.out, ks, args.dataset, args.method, args.seed,
                               args.reward_setting)
     k = 10 if 10 in ks else max(ks)
-    print(" ".join(f"{m}={summary[m]:.4f}" for m in (f"recall@{k}", f"ndcg@{k}", "invalid_rate") if m in summary))
+    print(" ".join(f"{m}={summary[m]:.4f}" for m in (f"recall@{k}", f"ndcg@{k}") if m in summary)
+          + f" invalid_rate={summary['invalid_rate']:.4f} ({invalid_slots(summary)} invalid slots)")
 
 
 def _config_sections() -> dict[str, type]:

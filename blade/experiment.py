@@ -17,23 +17,17 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from blade.align.config import AlignConfig, RolloutConfig, method_objective
+from blade.align.config import AlignConfig, RolloutConfig
 from blade.config import from_dict, option
 from blade.data.canonical import DatasetSpec
 from blade.errors import ConfigError
+from blade.eval.config import NO_REWARD, UNALIGNED_ROWS, EvalConfig
 from blade.model.config import PolicyConfig
 from blade.rewards import RewardConfig
 from blade.train.config import SFTConfig
 
-# Rows of the tables that no alignment method produces: the SFT start and the classic references.
-REFERENCE_ROWS = ("mostpop", "cooc", "sasrec")
-UNALIGNED_ROWS = ("sft", *REFERENCE_ROWS)
-# Best-of-N over π_ref at inference: by the inference reward, and by the ground truth (the oracle)
-BON_KINDS = ("bon", "oracle_bon")
-# The reward-setting directory of rows trained under no reward setting (SFT and the references).
-NO_REWARD = "none"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.\-]*$")
 
 
@@ -62,43 +56,6 @@ class RunConfig:
             raise ValueError(f"processes must be >= 1, got {self.processes}")
         if any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be >= 0, got {self.seeds}")
-
-
-@dataclass
-class EvalConfig:
-    k: int = option(20, help="length of the evaluated lists")
-    ks: list[int] = option([5, 10, 20], help="metric cut-offs (each <= k); model selection reads the same cut-offs")
-    splits: list[Literal["valid", "test"]] = option(["valid", "test"], help="splits to evaluate after training")
-    references: list[Literal["mostpop", "cooc", "sasrec"]] = option(
-        ["mostpop", "cooc"], help="reference rows: most popular, item co-occurrence, SASRec (blade/sasrec.py)")
-    selection_rows: int = option(1000, help="valid rows model selection reads, SFT and alignment alike (a fixed "
-                                            "seed-independent slice; 0 = all)")
-    batch_size: int = option(256, help="contexts per sampler batch when decoding for evaluation and selection")
-    samples: int = option(4, help="sampled evaluation: S independent lists per row at temperature 1, metrics averaged "
-                                  "(BoN alignment promises single-sample quality); 0 = greedy only")
-    bon_n: list[int] = option([1, 2, 4, 8, 16], help="Best-of-N rows over π_ref: `bon_n{N}` (inference reward) and "
-                                                     "`oracle_bon_n{N}` (ground truth) for each N; [] = none")
-    inference_splits: list[Literal["valid", "test"]] = option(
-        ["test"], help="splits that get the sampled evaluation and the Best-of-N rows")
-
-    def __post_init__(self) -> None:
-        if self.k < 1 or any(not 1 <= k <= self.k for k in self.ks) or not self.ks:
-            raise ValueError(f"every cut-off in ks must lie in 1..k={self.k}, got {self.ks}")
-        if self.selection_rows < 0 or self.batch_size < 1 or self.samples < 0:
-            raise ValueError("selection_rows and samples must be >= 0 and batch_size >= 1")
-        if any(n < 1 for n in self.bon_n) or len(set(self.bon_n)) != len(self.bon_n):
-            raise ValueError(f"bon_n must hold distinct N >= 1, got {self.bon_n}")
-
-    @property
-    def table_split(self) -> str:
-        """The split the tables and snapshot curves read: test (model selection never reads it);
-        valid if a config drops test."""
-        return "test" if "test" in self.splits else self.splits[-1]
-
-    @property
-    def bon_rows(self) -> list[str]:
-        """The Best-of-N row names: ``bon_n{N}`` and ``oracle_bon_n{N}``."""
-        return [f"{kind}_n{n}" for kind in BON_KINDS for n in self.bon_n]
 
 
 @dataclass
@@ -171,12 +128,9 @@ def resolve(config: dict[str, Any]) -> ExperimentConfig:
 
 def resolve_method(entry: Any, where: str) -> dict[str, Any]:
     """``{objective: NAME, **options}`` with every option of the objective's config filled in."""
-    from blade.align.registry import objective_config
+    from blade.align.registry import Method
 
-    name, options, module = method_objective(entry, where)
-    cfg = objective_config(name, options, where, module)
-    head = {"objective": name, **({"module": module} if module else {})}
-    return {**head, **(dataclasses.asdict(cfg) if cfg is not None else {})}
+    return Method.from_entry(entry, where).as_dict()
 
 
 def _check_names(exp: ExperimentConfig) -> None:
@@ -196,3 +150,13 @@ def _check_names(exp: ExperimentConfig) -> None:
         if name in UNALIGNED_ROWS or re.match(r"^(oracle_)?bon_n\d+$", name):
             raise ConfigError(f"run.methods: '{name}' is a reserved row name (SFT, a reference or a Best-of-N row); "
                               "rename the method")
+    for name, ext in exp.evaluate.external.items():
+        where = f"evaluate.external.{name}"
+        if not _NAME.match(name):
+            raise ConfigError(f"{where}: a name may hold letters, digits and _ + . - (it names directories)")
+        if name in UNALIGNED_ROWS or name in exp.methods or re.match(r"^(oracle_)?bon_n\d+$", name):
+            raise ConfigError(f"{where}: '{name}' is already a row (SFT, a reference, a Best-of-N row or a method); "
+                              "give the external row a name of its own")
+        if len(exp.run.datasets) > 1 and "{dataset}" not in ext.path:
+            raise ConfigError(f"{where}.path {ext.path!r}: run.datasets names {len(exp.run.datasets)} datasets, so "
+                              "the path needs a {dataset} placeholder (one file per dataset)")

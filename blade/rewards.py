@@ -49,7 +49,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import pandas as pd
@@ -72,9 +72,14 @@ from blade.metrics import (
 )
 from blade.reference import CoOccurrence
 
-FAIRNESS_BY = ("pop", "genre")
-FAIRNESS_TARGETS = ("train_share", "item_share", "uniform")
-DIVERSITY_BY = ("auto", "genre", "cooccurrence")
+# The choices of RewardConfig's fairness and diversity options, written once: the Literal types
+# from_dict checks a config against, and the tuples the functions below check a direct call with.
+FairnessBy = Literal["pop", "genre"]
+FairnessTarget = Literal["train_share", "item_share", "uniform"]
+DiversityBy = Literal["auto", "genre", "cooccurrence"]
+FAIRNESS_BY: tuple[str, ...] = get_args(FairnessBy)
+FAIRNESS_TARGETS: tuple[str, ...] = get_args(FairnessTarget)
+DIVERSITY_BY: tuple[str, ...] = get_args(DiversityBy)
 
 
 def _discounts(k: int) -> np.ndarray:
@@ -344,15 +349,15 @@ class RewardConfig:
         help="reward name -> weight; r = Σ weight·reward. Names: ndcg, relevance, fairness, diversity "
         "(plus any registered with register_reward). Weights >= 0, at least one > 0; 0 = not computed",
     )
-    fairness_by: Literal["pop", "genre"] = option(
+    fairness_by: FairnessBy = option(
         "pop", help="groups of the fairness reward: popularity groups (every dataset has them) or genres")
-    fairness_target: Literal["train_share", "item_share", "uniform"] = option(
+    fairness_target: FairnessTarget = option(
         "train_share",
         help="target group distribution, read from stats.json: 'train_share' = share of train "
         "interactions (the reference of the MGU/DGU metrics), 'item_share' = share of catalogue items "
         "(equal exposure per item), 'uniform' = 1/G",
     )
-    diversity_by: Literal["auto", "genre", "cooccurrence"] = option(
+    diversity_by: DiversityBy = option(
         "auto",
         help="pairwise distance of the diversity reward: 'genre' = 1 − Jaccard of genre sets, "
         "'cooccurrence' = 1 − cosine of item embeddings from train co-occurrence rows, 'auto' = genre "

@@ -6,14 +6,10 @@ row or token (the way BIGRec/D3 decode with ``prefix_allowed_tokens_fn``). A row
 exactly the trie edges that lead to at least one item not yet in its list, so invalid or repeated
 items cannot be produced; the invalid-output rate is still measured and reported.
 
-The mask lives in :class:`ListMask`: an (R, V) tensor, 0 on allowed tokens and -1 elsewhere
-(masked scores are ``logits + 1e30·mask``). For one-token codes (the atomic codec) it is kept across
-steps and a listed item's token is set to -1; for multi-token codes each row keeps a copy of the
-trie's per-node item counts, decrements the nodes on a listed item's path, and the mask is rebuilt
-from the current nodes' edges at every step. The same object replays given lists
-(:func:`mask_list_logits_`, behind ``Policy.token_logprobs(..., constrained=True)``), so training
+The mask is :class:`blade.model.constraint.ListMask`; the same object replays given lists
+(``mask_list_logits_``, behind ``Policy.token_logprobs(..., constrained=True)``), so training
 scores every list under exactly the distribution the sampler draws it from — the constrained list
-log-prob of docs/method.md (3.9), ``Σ_t [z_t(y_t) − logsumexp_{v∈A_t} z_t(v)]``.
+log-prob of docs/method.md (3.9).
 
 Log-probs returned with the lists: ``logp`` is that constrained log-prob at temperature 1 without
 top-p (the policy being trained), ``sample_logp`` the log-prob under the tempered, nucleus-truncated
@@ -44,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from blade.metrics import invalid_rate
-from blade.model.policy import Policy
+from blade.model.constraint import BIG, ListMask, TrieTables
+from blade.model.policy import Policy, unwrap_peft
 
 
 @dataclass
@@ -57,113 +54,6 @@ class Lists:
     invalid_rate: float        # share of list slots that are not distinct valid items (0 by construction)
 
 
-class TrieTables:
-    """A codec's prefix trie on the policy's device plus the lookups the mask needs (built once per
-    sampler or scoring call; the trie itself is the codec's, never rebuilt)."""
-
-    def __init__(self, policy: Policy):
-        dev = policy.device
-        self.trie = policy.codec.trie.to(dev)
-        self.item_ids = torch.tensor(policy.codec.item_ids, dtype=torch.long, device=dev)
-        self.vocab = policy.model.get_output_embeddings().weight.shape[0]
-        self.pad = policy.codec.pad_id
-        self.atomic = self.trie.depth == 1
-        root_edges = slice(int(self.trie.ptr[0]), int(self.trie.ptr[1]))
-        self.root_allowed = torch.zeros(self.vocab, dtype=torch.bool, device=dev)
-        self.root_allowed[self.trie.child_token[root_edges]] = True
-        if self.atomic:  # token → item index (-1 for tokens that are no item)
-            self.tok_item = torch.full((self.vocab,), -1, dtype=torch.long, device=dev)
-            self.tok_item[self.trie.child_token[root_edges]] = self.trie.leaf_item[self.trie.child_node[root_edges]]
-
-
-class ListMask:
-    """Which token each of R rows may emit next, step by step: the trie edges that lead to at least
-    one item not yet in the row's list; a finished row emits padding only. The sampler advances it
-    with the tokens it draws, :func:`mask_list_logits_` with the tokens of given lists — one mask for
-    both, so training scores a list under the distribution it was sampled from.
-
-    :meth:`next` gives the mask ``neg`` (R, V): 0 where allowed, -1 where not. One-token codes: one
-    (R, V) tensor kept across steps, a listed item's token set to -1. Multi-token codes: each row's
-    copy of the trie's per-node item counts (R, nodes), decremented along a listed item's path, and
-    the mask rebuilt from the current nodes' edges at every step. ``items`` (R, k) collects the
-    listed item indices (-1 where none yet)."""
-
-    def __init__(self, tables: TrieTables, R: int, k: int):
-        self.t, self.k = tables, k
-        dev = tables.root_allowed.device
-        self.rows = torch.arange(R, device=dev)
-        self.n_done = torch.zeros(R, dtype=torch.long, device=dev)
-        self.items = torch.full((R, k), -1, dtype=torch.long, device=dev)
-        self.steps = 0
-        if tables.atomic:  # every row lists one item per step
-            self.neg = (tables.root_allowed.float() - 1.0).expand(R, tables.vocab).clone()
-            self.active = torch.ones(R, dtype=torch.bool, device=dev)
-            self._every_row = True
-        else:
-            self.node = torch.zeros(R, dtype=torch.long, device=dev)
-            self.remaining = tables.trie.count.to(torch.int32).expand(R, -1).clone()  # (R, nodes)
-            self.neg = torch.empty((R, tables.vocab), device=dev)
-
-    def next(self, active: torch.Tensor | None = None) -> torch.Tensor:
-        """The mask (R, V) for the next token. ``active`` (R,) bool: the rows still listing; None =
-        the sampler's rule (atomic: every row, for exactly k steps; else rows with < k items)."""
-        t = self.t
-        if t.atomic:
-            self._every_row = active is None
-            if active is None:
-                return self.neg
-            self.active = active
-            pad_only = torch.full_like(self.neg[0], -1.0)
-            pad_only[t.pad] = 0.0
-            return torch.where(active[:, None], self.neg, pad_only)
-        self.active = self.n_done < self.k if active is None else active
-        er, e = t.trie.edges(self.node)
-        ok = (self.remaining[er, t.trie.child_node[e]] > 0) & self.active[er]
-        self.neg.fill_(-1.0)
-        self.neg[er[ok], t.trie.child_token[e[ok]]] = 0.0
-        self.neg[~self.active, t.pad] = 0.0  # finished rows emit padding
-        self._edges = er, e
-        return self.neg
-
-    def advance(self, tok: torch.Tensor) -> None:
-        """Move every active row along its token (R,), as chosen under the last :meth:`next` mask."""
-        t, active = self.t, self.active
-        self.steps += 1
-        if t.atomic:
-            if self._every_row:  # the sampler: each row lists one item per step (no indexing by row)
-                self.items[:, self.steps - 1] = t.tok_item[tok]
-                self.neg[self.rows, tok] = -1.0
-                self.n_done += 1
-                return
-            r = self.rows[active]
-            self.items[r, self.n_done[r]] = t.tok_item[tok[r]]
-            self.neg[r, tok[r]] = -1.0
-            self.n_done += active
-            return
-        er, e = self._edges
-        match = t.trie.child_token[e] == tok[er]
-        child = torch.zeros_like(self.node)
-        child[er[match]] = t.trie.child_node[e[match]]
-        node = torch.where(active, child, self.node)
-        leaf = active & (t.trie.leaf_item[node] >= 0)
-        if leaf.any():
-            lr = self.rows[leaf]
-            item_ix = t.trie.leaf_item[node[lr]]
-            self.items[lr, self.n_done[lr]] = item_ix
-            path = t.trie.paths[item_ix]  # (M, L)
-            valid = path >= 0
-            self.remaining.index_put_((lr[:, None].expand_as(path)[valid], path[valid]),
-                                      torch.tensor(-1, dtype=torch.int32, device=node.device), accumulate=True)
-            self.n_done = self.n_done + leaf.long()
-            node = torch.where(leaf, torch.zeros_like(node), node)
-        self.node = node
-
-    @property
-    def finished(self) -> bool:
-        """Every row has its k items (atomic: k steps taken, without a device sync)."""
-        return self.steps >= self.k if self.t.atomic else not bool((self.n_done < self.k).any())
-
-
 class ListSampler:
     # Run Llama/Qwen2-family models through the lean decoder; False forces the model's own forward.
     lean = True
@@ -173,7 +63,7 @@ class ListSampler:
         if not 1 <= k <= n_items:
             raise ValueError(f"list length k={k} must be between 1 and the catalogue size {n_items}")
         self.policy, self.k, self.temperature, self.top_p, self.batch_size = policy, k, temperature, top_p, batch_size
-        self.tables = TrieTables(policy)
+        self.tables = TrieTables(policy.codec, policy.vocab_size, policy.device)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], greedy: bool = False, generator: torch.Generator | None = None) -> Lists:
@@ -236,44 +126,7 @@ class ListSampler:
         return Lists(item_ids.cpu(), *out, invalid_rate(item_ids.cpu(), tables.item_ids.cpu(), per_row=False))
 
 
-# ---- scoring given lists -----------------------------------------------------------------------
-_REPLAY_ROWS = 512  # rows per replay chunk: bounds the (rows, trie nodes) item counts of multi-token codes
-
-
-def mask_list_logits_(policy: Policy, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
-    """Add the sampler's validity mask to teacher-forced logits, in place: afterwards
-    ``log_softmax(logits)[target]`` is each token's constrained log-prob (docs/method.md (3.9)) —
-    the softmax renormalised over the tokens :class:`ListMask` allows at that position, exactly as
-    when the list is sampled. Positions after a row's end allow only padding (log-prob 0 there).
-
-    logits (R, T, V) float32, position t predicting ``target[:, t]``; target (R, T) token ids;
-    mask (R, T) bool, True on real tokens (a prefix of each row). Masked entries become
-    ``x - 1e30``: finite, zero probability, zero gradient. Raises ValueError naming the row and
-    position where a list is not a valid list (a token off the trie, or a repeated item)."""
-    tables = TrieTables(policy)
-    R, T, V = logits.shape
-    if V != tables.vocab:
-        raise ValueError(f"logits have {V} columns but the policy's LM head has {tables.vocab}")
-    target, mask = target.to(logits.device), mask.to(logits.device)
-    bad = torch.zeros(R, T, dtype=torch.bool, device=logits.device)
-    for r0 in range(0, R, _REPLAY_ROWS):
-        rows = slice(r0, min(r0 + _REPLAY_ROWS, R))
-        lists = ListMask(tables, rows.stop - r0, T)
-        for t in range(T):
-            neg = lists.next(mask[rows, t])
-            tok = target[rows, t]
-            bad[rows, t] = (neg.gather(1, tok[:, None]).squeeze(1) < 0) & mask[rows, t]
-            logits[rows, t].add_(neg, alpha=_BIG)
-            lists.advance(tok)
-    if bool(bad.any()):
-        r, t = (int(x) for x in bad.nonzero()[0])
-        tok = int(target[r, t])
-        raise ValueError(f"list {r}: token {tok} at position {t} is not allowed there — the continuation is not a "
-                         "list of distinct catalogue items in the codec's codes (policy.codec.list_tokens(items))")
-
-
 # ---- choosing a token ------------------------------------------------------------------------------
-_BIG = 1e30  # the mask's scale: a blocked logit becomes x - 1e30, below every allowed one, exp() = 0
 
 
 class _Chooser:
@@ -314,9 +167,9 @@ class _Chooser:
             return tok, raw - log_total, raw - log_kept
         lse = self._allowed_lse(e.sum(-1), logits, neg, m)  # constrained log-sum-exp at temperature 1
         if self.greedy:
-            best, tok = logits.add_(neg, alpha=_BIG).max(-1)  # the first maximum of the masked scores, as argmax
+            best, tok = logits.add_(neg, alpha=BIG).max(-1)  # the first maximum of the masked scores, as argmax
             return tok, best - lse, best - lse  # allowed entries keep their raw logit exactly (x + 0)
-        t = torch.add(logits, neg, alpha=_BIG, out=self.tempered).div_(self.temperature)
+        t = torch.add(logits, neg, alpha=BIG, out=self.tempered).div_(self.temperature)
         base = t.amax(-1)
         torch.sub(t, base[:, None], out=e).exp_()
         mass = self._nucleus if self.top_p < 1.0 else self._inverse_cdf
@@ -332,7 +185,7 @@ class _Chooser:
         low = total < 1e-26
         if bool(low.any()):
             r = low.nonzero().squeeze(1)
-            s = logits[r] + _BIG * neg[r]
+            s = logits[r] + BIG * neg[r]
             best = s.amax(-1)
             lse[r] = best + (s - best[:, None]).exp().sum(-1).log()
         return lse
@@ -343,7 +196,7 @@ class _Chooser:
         if self.tempered is not None or not bool(low.any()):
             return None
         r = low.nonzero().squeeze(1)
-        s = logits[r] + _BIG * neg[r]
+        s = logits[r] + BIG * neg[r]
         base[r] = s.amax(-1)
         self.e[r, :self.V] = (s - base[r, None]).exp()
         return r
@@ -421,10 +274,6 @@ class _HFLM:
         return out.logits[:, -1].float()
 
 
-def _unwrap(model):
-    return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
-
-
 class _LeanLM:
     """Decoding for models made of Llama/Qwen2 decoder blocks, through the model's own modules
     (so LoRA layers, biases, the configured activation and rotary embedding apply), with a
@@ -438,7 +287,7 @@ class _LeanLM:
 
     @classmethod
     def supports(cls, model) -> bool:
-        base = _unwrap(model)
+        base = unwrap_peft(model)
         body = getattr(base, "model", None)
         layers = getattr(body, "layers", None)
         if not layers or not isinstance(getattr(base, "lm_head", None), torch.nn.Module) or any(
@@ -452,7 +301,7 @@ class _LeanLM:
                    for b in layers)
 
     def __init__(self, model, ids: torch.Tensor, attn: torch.Tensor, n_new: int):
-        base = _unwrap(model)
+        base = unwrap_peft(model)
         self.body, self.head, self.layers = base.model, base.lm_head, list(base.model.layers)
         self.hd = self.layers[0].self_attn.head_dim
         self.H, self.KH = base.config.num_attention_heads, base.config.num_key_value_heads

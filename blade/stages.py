@@ -1,19 +1,22 @@
 """The pipeline's stages as the ``blade`` commands run them: resolve the stage's config sections,
-open its MLflow run, do the work, log the final numbers and artifacts, write ``summary.json``.
+load the dataset once (:class:`blade.data.PreparedData`), open the stage's MLflow run
+(:func:`blade.tracking.run_stage`), do the work, score what it made (blade/eval/).
 
-:func:`run_stage` is the one place that does "resolve, track, summarise"; each stage function
-below only says what its work is. The CLI (:mod:`blade.cli`) parses arguments and calls these.
+One short function per stage; the CLI (:mod:`blade.cli`) parses arguments and calls these.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from blade.config import from_dict
-from blade.io import write_json
+from blade.data.prepared import PreparedData
+from blade.errors import ConfigError
+from blade.eval.config import NO_REWARD, EvalConfig
+from blade.tracking import run_stage
 
 
 def sections(raw: Mapping[str, Any], **classes: type) -> dict[str, Any]:
@@ -21,49 +24,34 @@ def sections(raw: Mapping[str, Any], **classes: type) -> dict[str, Any]:
     return {name: from_dict(cls, raw.get(name), name) for name, cls in classes.items()}
 
 
-def run_stage(stage: str, dataset: str, method: str, seed: int, resolved: Mapping[str, Any],
-              work: Callable[[Any], dict], summary_path: str | Path, run_dir: str | Path | None = None,
-              reward: str | None = None, artifacts: tuple[str | Path, ...] = ()) -> dict:
-    """Track ``work(tracker) -> summary`` as one MLflow run and write its summary atomically. In a
-    data-parallel launch only the main process tracks and writes (blade/distributed.py)."""
-    from blade.distributed import group
-    from blade.tracking import track
-
-    if not group().main:
-        return work(None)
-
-    with track(stage, dataset, method, seed, resolved, run_dir=run_dir, reward=reward) as tracker:
-        summary = work(tracker)
-        tracker.log_final({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        for path in artifacts:
-            if Path(path).is_file():
-                tracker.log_artifact(str(path))
-            elif Path(path).is_dir():
-                tracker.log_artifacts(str(path))
-    write_json(summary_path, summary)
-    return summary
-
-
 def _plain(cfgs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: dataclasses.asdict(v) for k, v in cfgs.items()}
 
 
-def sft(raw: Mapping[str, Any], data: str, out: str, seed: int, dataset: str, eval_root: str | None = None) -> dict:
-    """SFT, then (``eval_root``) the selected policy's lists and metrics (blade/scoring.py)."""
+def _main() -> bool:
+    """Whether this process scores and writes (a data-parallel launch does so once, in its main process)."""
     from blade.distributed import group
-    from blade.experiment import NO_REWARD, EvalConfig
+
+    return group().main
+
+
+def sft(raw: Mapping[str, Any], data: str, out: str, seed: int, dataset: str, eval_root: str | None = None) -> dict:
+    """SFT, then (``eval_root``) the selected policy's lists and metrics."""
+    from blade.eval.scoring import score_row
     from blade.model.config import PolicyConfig
-    from blade.scoring import score_row
+    from blade.model.policy import Policy
     from blade.train.config import SFTConfig
     from blade.train.sft import train_sft
 
     cfg = sections(raw, policy=PolicyConfig, sft=SFTConfig, evaluate=EvalConfig)
+    prepared = PreparedData.load(data)
     resolved = {**_plain(cfg), "seed": seed, "data": data}
     summary = run_stage("sft", dataset, "sft", seed, resolved, summary_path=f"{out}/summary.json", run_dir=out,
-                        work=lambda t: train_sft(data, out, cfg["policy"], cfg["sft"], seed, t, cfg["evaluate"]),
+                        work=lambda t: train_sft(prepared, out, cfg["policy"], cfg["sft"], seed, t, cfg["evaluate"]),
                         artifacts=(f"{out}/train_log.parquet",))
-    if eval_root and group().main:
-        score_row(eval_root, data, cfg["evaluate"], seed, dataset, "sft", NO_REWARD, model=f"{out}/best")
+    if eval_root and _main():
+        score_row(eval_root, prepared, cfg["evaluate"], seed, dataset, "sft", NO_REWARD,
+                  policy=Policy.load(f"{out}/best"))
     return summary
 
 
@@ -74,8 +62,6 @@ def reward_settings(raw: Mapping[str, Any], reward_name: str | None) -> dict[str
 
     if "rewards" in raw:
         if not isinstance(raw["rewards"], Mapping) or not raw["rewards"]:
-            from blade.errors import ConfigError
-
             raise ConfigError('--config-json: "rewards" must map each reward setting\'s name to its section')
         return {name: from_dict(RewardConfig, v, f"rewards.{name}") for name, v in raw["rewards"].items()}
     return {reward_name or "reward": from_dict(RewardConfig, raw.get("reward"), "reward")}
@@ -85,8 +71,6 @@ def per_setting(template: str, names, flag: str) -> dict[str, str]:
     """``{name: path}``: the ``{reward}`` placeholder of ``template`` filled with each setting's name."""
     names = list(names)
     if len(names) > 1 and "{reward}" not in template:
-        from blade.errors import ConfigError
-
         raise ConfigError(f"{flag} {template!r}: several reward settings need a {{reward}} placeholder in the path")
     return {name: template.replace("{reward}", name) for name in names}
 
@@ -101,8 +85,8 @@ def rollout(raw: Mapping[str, Any], data: str, model: str, out: str, seed: int, 
     cfg = sections(raw, rollout=RolloutConfig)["rollout"]
     settings = reward_settings(raw, reward_name)
     paths = per_setting(out, settings, "--out")
-    summaries = reference_rollouts_scored(data, model, {n: (paths[n], settings[n]) for n in settings}, cfg, seed,
-                                          device)
+    summaries = reference_rollouts_scored(PreparedData.load(data), model,
+                                          {n: (paths[n], settings[n]) for n in settings}, cfg, seed, device)
     for name, summary in summaries.items():
         resolved = {"rollout": dataclasses.asdict(cfg), "reward": dataclasses.asdict(settings[name]), "seed": seed,
                     "data": data, "model": model, "reward_setting": name}
@@ -115,71 +99,75 @@ def align(raw: Mapping[str, Any], data: str, sft_dir: str, rollouts: str, out: s
           method: str, reward_name: str | None, device: str | None, eval_root: str | None = None,
           curve: str | None = None) -> dict:
     """Alignment, then (``eval_root``) the selected policy's lists and metrics and (``curve``) the
-    test scores of its per-step snapshots (blade/scoring.py)."""
+    test scores of its per-step snapshots."""
     from blade.align.config import AlignConfig
     from blade.align.loop import align as align_loop
-    from blade.errors import ConfigError
-    from blade.experiment import EvalConfig, resolve_method
+    from blade.align.registry import Method
     from blade.rewards import RewardConfig
 
     cfg = sections(raw, align=AlignConfig, reward=RewardConfig, evaluate=EvalConfig)
     if "method" not in raw:
         raise ConfigError('--config-json: needs "method": {"objective": NAME, ...options}')
-    entry = resolve_method(raw["method"], "method")
-    resolved = {**_plain(cfg), "method": entry, "seed": seed, "data": data, "sft": sft_dir, "rollouts": rollouts,
-                "reward_setting": reward_name}
+    entry = Method.from_entry(raw["method"], "method")  # resolved once; the loop builds its objective from it
+    prepared = PreparedData.load(data)
+    resolved = {**_plain(cfg), "method": entry.as_dict(), "seed": seed, "data": data, "sft": sft_dir,
+                "rollouts": rollouts, "reward_setting": reward_name}
     summary = run_stage("align", dataset, method, seed, resolved, summary_path=f"{out}/summary.json", run_dir=out,
                         reward=reward_name,
-                        work=lambda t: align_loop(data, sft_dir, rollouts, out, entry, cfg["align"], cfg["reward"],
+                        work=lambda t: align_loop(prepared, sft_dir, rollouts, out, entry, cfg["align"], cfg["reward"],
                                                   seed, t, device, cfg["evaluate"]),
                         artifacts=(f"{out}/diagnostics.parquet", f"{out}/valid_curve.parquet"))
-    _score_aligned(out, data, cfg["evaluate"], seed, dataset, method, reward_name, device, eval_root, curve)
+    if _main():
+        _score_aligned(out, prepared, cfg["evaluate"], seed, dataset, method, reward_name, device, eval_root, curve)
     return summary
 
 
-def _score_aligned(out: str, data: str, evaluation, seed: int, dataset: str, method: str, reward_name: str | None,
-                   device: str | None, eval_root: str | None, curve: str | None) -> None:
-    from blade.distributed import group
+def _score_aligned(out: str, data: PreparedData, evaluation: EvalConfig, seed: int, dataset: str, method: str,
+                   reward_name: str | None, device: str | None, eval_root: str | None, curve: str | None) -> None:
+    from blade.eval.scoring import score_row, snapshot_curve
     from blade.io import write_parquet
-    from blade.scoring import score_row, snapshot_curve
+    from blade.model.policy import Policy
 
-    if not group().main:  # a data-parallel launch scores once, in its main process
-        return
     if eval_root:
-        score_row(eval_root, data, evaluation, seed, dataset, method, reward_name, model=f"{out}/best", device=device)
+        score_row(eval_root, data, evaluation, seed, dataset, method, reward_name,
+                  policy=Policy.load(f"{out}/best", device))
     if curve:
         write_parquet(curve, snapshot_curve(out, data, evaluation.table_split, evaluation, device))
 
 
 def evaluate(recs: str, data: str, split: str, out: str, ks: list[int], dataset: str, method: str, seed: int,
              reward_name: str | None) -> dict:
-    import json
+    """Score any recommendations file (an external model's included) against a split."""
+    from blade.eval.scoring import evaluate_tracked
 
-    from blade.evaluation import evaluate as evaluate_recs
+    return evaluate_tracked(recs, PreparedData.load(data), split, out, ks, dataset, method, seed, reward_name)
 
-    resolved = {"recs": recs, "data": data, "split": split, "ks": list(ks), "reward_setting": reward_name}
-    cost_file = Path(recs).with_name("cost.json")
 
-    def work(tracker) -> dict:
-        summary = evaluate_recs(recs, data, split, out, ks)
-        if cost_file.is_file():  # what the lists cost at inference (policy rows only)
-            summary.update({f"cost/{k}": v for k, v in json.loads(cost_file.read_text()).items()})
-        return summary
+def recommend(out: str, data: str, split: str, k: int, batch_size: int, model: str | None = None,
+              reference: str | None = None, device: str | None = None, samples: int = 0, seed: int = 0) -> int:
+    """Write a saved policy's or a reference row's lists for a split."""
+    from blade.eval.lists import recommend as write_lists
+    from blade.model.policy import Policy
 
-    return run_stage(f"evaluate_{split}", dataset, method, seed, resolved, summary_path=f"{out}/metrics.json",
-                     run_dir=out, reward=reward_name, work=work, artifacts=(out,))
+    if (model is None) == (reference is None):
+        raise ConfigError("recommend: give exactly one of a model directory or a reference row name")
+    prepared = PreparedData.load(data)
+    policy = Policy.load(model, device) if model is not None else None
+    return write_lists(out, prepared, split, k, batch_size, policy, reference, samples, seed)
 
 
 def score(raw: Mapping[str, Any], data: str, root: str, seed: int, dataset: str, method: str,
           reward_name: str | None, model: str | None = None, reference: str | None = None,
           device: str | None = None) -> dict[str, dict]:
     """A saved policy's (``model``) or a reference recommender's lists and metrics on every
-    evaluation split, under ``root`` = results/eval/{dataset}/{reward}/{method}/seed{s} (blade/scoring.py)."""
-    from blade.experiment import EvalConfig
-    from blade.scoring import score_row
+    evaluation split, under ``root`` = results/eval/{dataset}/{reward}/{method}/seed{s}."""
+    from blade.eval.scoring import score_row
+    from blade.model.policy import Policy
 
     evaluation = sections(raw, evaluate=EvalConfig)["evaluate"]
-    return score_row(root, data, evaluation, seed, dataset, method, reward_name, model, reference, device)
+    prepared = PreparedData.load(data)
+    policy = Policy.load(model, device) if model is not None else None
+    return score_row(root, prepared, evaluation, seed, dataset, method, reward_name, policy, reference)
 
 
 def bon(raw: Mapping[str, Any], model: str, data: str, split: str, out: str, seed: int, dataset: str,
@@ -187,17 +175,18 @@ def bon(raw: Mapping[str, Any], model: str, data: str, split: str, out: str, see
     """Best-of-N rows over π_ref from one draw, picked by each reward setting (``out`` holds
     ``{method}``, and ``{reward}`` when there are several), each written with its cost and, with
     ``evaluate_rows``, evaluated beside it. Returns ``{setting: {row: recs path}}``."""
-    from blade.errors import ConfigError
-    from blade.experiment import EvalConfig
-    from blade.recommend import best_of_n_settings, write_with_cost
+    from blade.eval.lists import best_of_n_settings, write_with_cost
+    from blade.eval.scoring import evaluate_tracked
+    from blade.model.policy import Policy
 
     if "{method}" not in out:
         raise ConfigError("--out must hold {method}, e.g. results/eval/DS/ndcg/{method}/seed0/test/recs.jsonl")
     settings = reward_settings(raw, reward_name)
     outs = per_setting(out, settings, "--out")
     evaluation = sections(raw, evaluate=EvalConfig)["evaluate"]
-    picked = best_of_n_settings(model, data, split, evaluation.k, evaluation.bon_n, settings, evaluation.batch_size,
-                                seed, device)
+    prepared = PreparedData.load(data)
+    picked = best_of_n_settings(Policy.load(model, device), prepared, split, evaluation.k, evaluation.bon_n, settings,
+                                evaluation.batch_size, seed)
     written = {}
     for name, rows in picked.items():
         paths = written[name] = {}
@@ -206,6 +195,6 @@ def bon(raw: Mapping[str, Any], model: str, data: str, split: str, out: str, see
             write_with_cost(paths[f"{kind}_n{n}"], lists, cost)
         print(f"wrote Best-of-N lists by {name} for N in {evaluation.bon_n} to {outs[name]}")
         for method, recs in paths.items() if evaluate_rows else ():
-            evaluate(recs, data, split, str(Path(recs).parent), evaluation.ks, dataset, method, seed,
-                     name if "rewards" in raw else reward_name)
+            evaluate_tracked(recs, prepared, split, str(Path(recs).parent), evaluation.ks, dataset, method, seed,
+                             name if "rewards" in raw else reward_name)
     return written

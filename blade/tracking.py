@@ -255,3 +255,27 @@ def track(stage: str, dataset: str, method: str, seed: int, config: Mapping[str,
         tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     tracker.end("FINISHED")
+
+
+def run_stage(stage: str, dataset: str, method: str, seed: int, resolved: Mapping[str, Any],
+              work: Callable[[Any], dict], summary_path: str | Path, run_dir: str | Path | None = None,
+              reward: str | None = None, artifacts: tuple[str | Path, ...] = ()) -> dict:
+    """Track ``work(tracker) -> summary`` as one MLflow run (:func:`track`), log the summary's
+    numbers as final metrics and ``artifacts`` as the run's files, and write the summary
+    atomically. In a data-parallel launch only the main process tracks and writes
+    (blade/distributed.py); the others only work."""
+    from blade.distributed import group
+
+    if not group().main:
+        return work(None)
+
+    with track(stage, dataset, method, seed, resolved, run_dir=run_dir, reward=reward) as tracker:
+        summary = work(tracker)
+        tracker.log_final({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for path in artifacts:
+            if Path(path).is_file():
+                tracker.log_artifact(str(path))
+            elif Path(path).is_dir():
+                tracker.log_artifacts(str(path))
+    write_json(summary_path, summary)
+    return summary

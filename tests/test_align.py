@@ -4,17 +4,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from blade.align.registry import Method
+from blade.data import PreparedData
 from blade.align.config import AlignConfig, RolloutConfig
 from blade.align.loop import align
 from blade.align.rollout import context_rows, reference_rollouts
-from blade.data.canonical import load_prepared
+from blade.data import load_prepared
 from blade.errors import ConfigError
-from blade.experiment import EvalConfig, resolve
+from blade.eval.config import EvalConfig
+from blade.experiment import resolve
 from blade.model.config import PolicyConfig
 from blade.rewards import ListReward, RewardConfig
 from blade.train.config import SFTConfig
 from blade.train.sft import train_sft
 from tests.helpers import tiny_dataset
+from tests.objectives import reads_a_subset, shipped_objectives, smoke_method
 
 SMALL_POLICY = PolicyConfig(hidden=32, heads=2, kv_heads=1, intermediate=64)
 REWARD = RewardConfig(weights={"ndcg": 1.0, "fairness": 0.5})
@@ -24,14 +28,14 @@ REWARD = RewardConfig(weights={"ndcg": 1.0, "fairness": 0.5})
 def sft_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("align")
     data = tiny_dataset(root / "data")
-    train_sft(data, root / "sft", SMALL_POLICY, SFTConfig(epochs=2, batch_size=32, warmup_steps=5), seed=0)
+    train_sft(PreparedData.load(data), root / "sft", SMALL_POLICY, SFTConfig(epochs=2, batch_size=32, warmup_steps=5), seed=0)
     return data, root / "sft"
 
 
 def test_rollouts_hold_m_scored_lists_per_context(sft_run, tmp_path):
     data, sft = sft_run
     cfg = RolloutConfig(m=4, k=5, max_contexts=50, chunk=16, batch_size=64)
-    summary = reference_rollouts(data, sft / "best", tmp_path / "ref.parquet", cfg, REWARD, seed=3)
+    summary = reference_rollouts(PreparedData.load(data), sft / "best", tmp_path / "ref.parquet", cfg, REWARD, seed=3)
     frame = pd.read_parquet(tmp_path / "ref.parquet")
     items, splits, stats = load_prepared(data)
     train = splits["train"]
@@ -52,9 +56,9 @@ def test_rollouts_hold_m_scored_lists_per_context(sft_run, tmp_path):
 def test_rollouts_are_seeded_and_resume(sft_run, tmp_path, monkeypatch, capsys):
     data, sft = sft_run
     cfg = RolloutConfig(m=3, k=5, max_contexts=40, chunk=16, batch_size=64)
-    reference_rollouts(data, sft / "best", tmp_path / "a.parquet", cfg, REWARD, seed=1)
+    reference_rollouts(PreparedData.load(data), sft / "best", tmp_path / "a.parquet", cfg, REWARD, seed=1)
     a = pd.read_parquet(tmp_path / "a.parquet")
-    reference_rollouts(data, sft / "best", tmp_path / "b.parquet", cfg, REWARD, seed=1)
+    reference_rollouts(PreparedData.load(data), sft / "best", tmp_path / "b.parquet", cfg, REWARD, seed=1)
     pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / "b.parquet"))
     # A killed run left its first chunk behind: the restart keeps it and writes only the rest.
     import blade.align.rollout as rollout
@@ -73,23 +77,23 @@ def test_rollouts_are_seeded_and_resume(sft_run, tmp_path, monkeypatch, capsys):
     kill, _ = killed_after(1)
     monkeypatch.setattr(rollout, "write_parquet", kill)
     with pytest.raises(KeyboardInterrupt):
-        reference_rollouts(data, sft / "best", tmp_path / "c.parquet", cfg, REWARD, seed=1)
+        reference_rollouts(PreparedData.load(data), sft / "best", tmp_path / "c.parquet", cfg, REWARD, seed=1)
     resume, written = killed_after(-1)
     monkeypatch.setattr(rollout, "write_parquet", resume)
-    reference_rollouts(data, sft / "best", tmp_path / "c.parquet", cfg, REWARD, seed=1)
+    reference_rollouts(PreparedData.load(data), sft / "best", tmp_path / "c.parquet", cfg, REWARD, seed=1)
     assert [p.name for p in written] == ["chunk000001.parquet", "chunk000002.parquet", "c.parquet"]
     pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / "c.parquet"))
     # chunks a run of another seed left behind are not reused
     kill, _ = killed_after(1)
     monkeypatch.setattr(rollout, "write_parquet", kill)
     with pytest.raises(KeyboardInterrupt):
-        reference_rollouts(data, sft / "best", tmp_path / "e.parquet", cfg, REWARD, seed=2)
+        reference_rollouts(PreparedData.load(data), sft / "best", tmp_path / "e.parquet", cfg, REWARD, seed=2)
     monkeypatch.setattr(rollout, "write_parquet", real_write)
     capsys.readouterr()
-    reference_rollouts(data, sft / "best", tmp_path / "e.parquet", cfg, REWARD, seed=1)
+    reference_rollouts(PreparedData.load(data), sft / "best", tmp_path / "e.parquet", cfg, REWARD, seed=1)
     assert "other options or inputs; removing them" in capsys.readouterr().out
     pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / "e.parquet"))
-    reference_rollouts(data, sft / "best", tmp_path / "d.parquet", cfg, REWARD, seed=2)
+    reference_rollouts(PreparedData.load(data), sft / "best", tmp_path / "d.parquet", cfg, REWARD, seed=2)
     assert not a["items"].equals(pd.read_parquet(tmp_path / "d.parquet")["items"]), "another seed gave the same lists"
 
 
@@ -101,10 +105,10 @@ def test_one_draw_scored_under_several_reward_settings(sft_run, tmp_path):
     data, sft = sft_run
     cfg = RolloutConfig(m=3, k=5, max_contexts=40, chunk=16, batch_size=64)
     other = RewardConfig(weights={"ndcg": 1.0, "diversity": 0.5})
-    reference_rollouts_scored(data, sft / "best", {"f": (tmp_path / "f.parquet", REWARD),
+    reference_rollouts_scored(PreparedData.load(data), sft / "best", {"f": (tmp_path / "f.parquet", REWARD),
                                                    "d": (tmp_path / "d.parquet", other)}, cfg, seed=1)
     for name, reward in (("f", REWARD), ("d", other)):
-        reference_rollouts(data, sft / "best", tmp_path / f"{name}_alone.parquet", cfg, reward, seed=1)
+        reference_rollouts(PreparedData.load(data), sft / "best", tmp_path / f"{name}_alone.parquet", cfg, reward, seed=1)
         alone, shared = (pd.read_parquet(tmp_path / f) for f in (f"{name}_alone.parquet", f"{name}.parquet"))
         pd.testing.assert_frame_equal(alone, shared)
     f, d = pd.read_parquet(tmp_path / "f.parquet"), pd.read_parquet(tmp_path / "d.parquet")
@@ -115,7 +119,7 @@ def test_one_draw_scored_under_several_reward_settings(sft_run, tmp_path):
 def rollouts(sft_run, tmp_path_factory):
     data, sft = sft_run
     path = tmp_path_factory.mktemp("ref") / "ref.parquet"
-    reference_rollouts(data, sft / "best", path, RolloutConfig(m=8, k=10, max_contexts=200), REWARD, seed=0)
+    reference_rollouts(PreparedData.load(data), sft / "best", path, RolloutConfig(m=8, k=10, max_contexts=200), REWARD, seed=0)
     return path
 
 
@@ -123,7 +127,7 @@ def _align(sft_run, rollouts, out, steps, method=None, reward=None, **kw):
     data, sft = sft_run
     kw = {"select_metric": "ndcg@10", "grad_norm_every": 1, **kw}
     cfg = AlignConfig(steps=steps, contexts_per_step=6, group_size=4, k=10, eval_every=2, lr=1e-3, **kw)
-    return align(data, sft, rollouts, out, method or {"objective": "blade"}, cfg, reward or REWARD, seed=0,
+    return align(PreparedData.load(data), sft, rollouts, out, Method.from_entry(method or {"objective": "blade"}, "method"), cfg, reward or REWARD, seed=0,
                  evaluation=EvalConfig(selection_rows=60))
 
 
@@ -204,7 +208,7 @@ def test_static_estimator_runs_in_the_same_loop(sft_run, rollouts, tmp_path):
 def test_list_length_must_match_the_rollouts(sft_run, rollouts, tmp_path):
     data, sft = sft_run
     with pytest.raises(ConfigError, match="rollout.k = align.k"):
-        align(data, sft, rollouts, tmp_path / "x", {"objective": "blade"}, AlignConfig(k=5, select_metric="ndcg@5"),
+        align(PreparedData.load(data), sft, rollouts, tmp_path / "x", Method.from_entry({"objective": "blade"}, "method"), AlignConfig(k=5, select_metric="ndcg@5"),
               REWARD, seed=0, evaluation=EvalConfig(selection_rows=60))
 
 
@@ -254,18 +258,20 @@ def test_selection_reads_the_reward_setting_on_valid(sft_run, rollouts, tmp_path
     assert summary["best_step"] == int(curve["step"][curve["valid/reward"].idxmax()])
 
 
-METHODS = {"dpo": {"objective": "dpo"}, "sdpo": {"objective": "sdpo"}, "bonbon": {"objective": "bonbon"},
-           "grpo": {"objective": "grpo"}, "vbon": {"objective": "vbon"}, "bond": {"objective": "bond", "anchor_samples": 4},
-           "blade_nig_backward": {"objective": "blade", "estimator": "nig", "loss": "backward"}}
+# Every shipped objective, found by scanning the registry (tests/objectives.py): a new
+# baselines/<name>.py is trained, resumed and scored here without being named.
+METHODS = {name: smoke_method(name) for name in shipped_objectives()}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_trains_in_the_one_loop_and_resumes_exactly(sft_run, rollouts, tmp_path, name):
-    """Each baseline runs through the same loop (offline ones on the stored rollouts, BOND with its
-    EMA anchor), logs finite diagnostics and the alignment-term gradient norm, and a run killed
-    after its step-2 checkpoint resumes to the uninterrupted result (anchor included)."""
+    """Each objective runs through the same loop (offline ones on the stored rollouts, BOND with its
+    EMA anchor), logs finite diagnostics and the alignment-term gradient norm, is scored on valid
+    for selection, and a run killed after its step-2 checkpoint resumes to the uninterrupted result
+    (anchor included)."""
     method = METHODS[name]
     straight = _align(sft_run, rollouts, tmp_path / "a", steps=4, method=method)
+    assert 0 <= straight["valid/ndcg@10"] <= 1, (name, straight)
     diag = pd.read_parquet(tmp_path / "a" / "diagnostics.parquet")
     for col in ("loss", "loss_align", "grad_norm", "grad_norm_align", "reward_mean"):
         assert col in diag and np.isfinite(diag[col]).all(), (name, col)
@@ -285,7 +291,7 @@ def test_alignment_gradient_norm_is_measured_every_n_steps(sft_run, rollouts, tm
     assert np.isfinite(diag["grad_norm"]).all()
 
 
-@pytest.mark.parametrize("name", ["dpo", "sdpo", "bonbon"])
+@pytest.mark.parametrize("name", [name for name in METHODS if reads_a_subset(name)])
 def test_offline_methods_score_only_the_lists_their_loss_reads(sft_run, rollouts, tmp_path, monkeypatch, name):
     """Scoring only the lists an offline loss reads (its ``lists_read``: DPO's best and worst of M)
     changes no number: the same losses, gradient norms and selection as scoring all M lists."""
@@ -299,9 +305,11 @@ def test_offline_methods_score_only_the_lists_their_loss_reads(sft_run, rollouts
     every = _align(sft_run, rollouts, tmp_path / "every", steps=3, method=method)
     assert seen and seen[0][1] == 8  # the hook saw all M = 8 stored lists of each context
     assert picked == every
-    cols = ["loss", "loss_align", "grad_norm", "grad_norm_align", "reward_mean", "margin"]
-    a, b = (pd.read_parquet(tmp_path / d / "diagnostics.parquet")[cols] for d in ("picked", "every"))
-    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+    # every logged number but the timings: the losses, gradient norms and the method's own diagnostics
+    a, b = (pd.read_parquet(tmp_path / d / "diagnostics.parquet").filter(regex="^(?!seconds)")
+            for d in ("picked", "every"))
+    # the same numbers up to float32 summation order (2 of 8 lists per forward instead of 8): |Δ| ~ 1e-6 on margins ~ 0.05
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5, atol=2e-6)
 
 
 def test_a_read_mask_keeps_the_picked_lists_and_zeroes_the_rest(sft_run):

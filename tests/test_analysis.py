@@ -374,11 +374,12 @@ def test_snapshot_curve_scores_each_snapshot_on_test(tmp_path):
     import torch
 
     from analysis import snapshots
-    from blade.data.canonical import load_prepared
+    from blade.data import load_prepared
     from blade.metrics import ndcg_at_k, recall_at_k
     from blade.model.config import PolicyConfig
     from blade.model.policy import Policy
-    from blade.recommend import policy_lists
+    from blade.data import PreparedData
+    from blade.eval.lists import policy_lists
     from tests.helpers import tiny_dataset
 
     data = tiny_dataset(tmp_path / "data")
@@ -400,7 +401,7 @@ def test_snapshot_curve_scores_each_snapshot_on_test(tmp_path):
     assert curve["step"].tolist() == [0, 4]
     targets = splits["test"]["target"].to_numpy()
     for step, line in zip((0, 4), curve.itertuples(index=False)):
-        lists, _ = policy_lists(run / "snapshots" / f"step{step:06d}", data, "test", 10, 64)
+        lists, _ = policy_lists(Policy.load(run / "snapshots" / f"step{step:06d}"), PreparedData.load(data), "test", 10, 64)
         row = dict(zip(curve.columns, line))
         assert row["ndcg@10"] == pytest.approx(ndcg_at_k(lists, targets, 10).mean())
         assert row["recall@5"] == pytest.approx(recall_at_k(lists, targets, 5).mean())

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import subprocess
 import sys
+import typing
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -27,11 +28,15 @@ from baselines.vbon import VBoNConfig, VBoNObjective
 from blade.align.estimators import RefPrior
 from blade.align.blade_objective import BladeConfig, BladeObjective
 from blade.align.objective import RolloutBatch
+from blade.align.objective import TargetKind
 from blade.align.registry import objective_class, objective_config
 from blade.errors import ConfigError
 from tests.conftest import ROOT
+from tests.objectives import objectives_in, shipped_objectives
 
-NAMES = ["dpo", "sdpo", "bonbon", "grpo", "vbon", "bond"]
+# Every baselines/<name>.py that registers an objective, found by scanning (tests/objectives.py):
+# the generic checks below cover a new baseline without naming it.
+NAMES = objectives_in("baselines")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -159,7 +164,10 @@ def test_grpo_defaults_match_installed_trl():
 
 def test_data_source_and_anchor_requests():
     prior = prior_from([[0.1, 0.2]])
-    assert [objective_class(n).data for n in NAMES] == ["reference"] * 3 + ["policy"] * 3
+    assert {n: objective_class(n).data for n in ("dpo", "sdpo", "bonbon", "grpo", "vbon", "bond")} == \
+        {"dpo": "reference", "sdpo": "reference", "bonbon": "reference", "grpo": "policy", "vbon": "policy",
+         "bond": "policy"}
+    assert all(objective_class(n).data in ("policy", "reference") for n in NAMES)
     ema = BONDObjective(BONDConfig(), prior)
     assert (ema.anchor_ema, ema.anchor_samples) == (0.02, 8)
     fixed = BONDObjective(BONDConfig(anchor="reference"), prior)
@@ -194,18 +202,36 @@ def test_blade_options_lists_every_option(name, capsys):
 
     assert main(["options", name]) == 0
     out = capsys.readouterr().out
-    for f in dataclasses.fields(objective_class(name).config_class):
+    config_class = objective_class(name).config_class
+    for f in dataclasses.fields(config_class) if config_class else ():
         assert f"`{f.name}`" in out and f.metadata["help"] in out
 
 
 def test_importing_the_baselines_does_not_import_torch():
+    """Every baseline module (found by scanning), its config validation and its target kind: what
+    a dry run and the analysis do, torch-free."""
     code = ("import sys\n"
-            "import baselines.dpo, baselines.sdpo, baselines.bonbon, baselines.grpo, baselines.vbon, baselines.bond\n"
-            "from blade.align.registry import objective_config\n"
-            "for n in ['dpo', 'sdpo', 'bonbon', 'grpo', 'vbon', 'bond']: objective_config(n, {})\n"
+            "from tests.objectives import objectives_in\n"
+            "from blade.align.registry import objective_class, objective_config\n"
+            "names = objectives_in('baselines')\n"
+            "assert names, 'no baseline found'\n"
+            "for n in names: objective_class(n).target_kind(objective_config(n, {}))\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_objective_says_what_target_it_has():
+    """The kinds the analysis groups rows by (analysis/rows.py is_static): the published static BoN
+    methods are static, the preference and RL baselines have no BoN target, and every shipped
+    objective (a new one included) names one of the kinds, for its defaults."""
+    kinds = {n: objective_class(n).target_kind(objective_config(n, {})) for n in shipped_objectives()}
+    assert set(kinds.values()) <= set(typing.get_args(TargetKind)), kinds
+    assert {n: kinds[n] for n in ("vbon", "bond", "dpo", "sdpo", "grpo", "bonbon", "blade")} == \
+        {"vbon": "static", "bond": "static", "dpo": "none", "sdpo": "none", "grpo": "none", "bonbon": "none",
+         "blade": "dynamic"}
+    # BOND is static with either anchor (the EMA anchor's own CDF, or F̂_ref)
+    assert objective_class("bond").target_kind(objective_config("bond", {"anchor": "reference"})) == "static"
 
 
 # ---------------------------------------------------------------------------------------------

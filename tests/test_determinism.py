@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from blade.data import PreparedData
 from blade.model.config import PolicyConfig
 from blade.seeding import CPU_THREADS, seed_everything
 from blade.train.config import SFTConfig
@@ -89,7 +90,7 @@ def test_same_seed_gives_the_same_weights_after_other_work_in_the_process(sft_ru
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        train_sft(data, tmp_path / "in_process", PolicyConfig(**SFT["policy"]), SFTConfig(**SFT["sft"]), seed=0)
+        train_sft(PreparedData.load(data), tmp_path / "in_process", PolicyConfig(**SFT["policy"]), SFTConfig(**SFT["sft"]), seed=0)
     finally:
         torch.set_num_threads(before)
     assert (tmp_path / "in_process" / "best" / "model.safetensors").read_bytes() == reference

@@ -323,8 +323,12 @@ def test_prior_rejects_bad_frames_and_estimator_names():
         RefPrior.from_frame(pd.concat([good, good]), n_rows=2)
     with pytest.raises(ValueError, match="dp"):
         _est("bogus")
-    with pytest.raises(ValueError, match="kappa0"):
-        _est("dp", kappa0=-1.0)
+    # κ0 and the variance floor are checked where the options are defined (BladeConfig), not again here
+    from blade.align.blade_objective import BladeConfig
+
+    for bad in ({"kappa0": -1.0}, {"kappa0": math.nan}, {"var_floor": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BladeConfig(**bad)
 
 
 # ---- evidence buffer --------------------------------------------------------------------------

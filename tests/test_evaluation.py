@@ -3,6 +3,7 @@ Recall/NDCG checked against values worked out by hand; ``blade evaluate`` as a s
 MGU/DGU against an independent IFairLRS pooled computation, and ILD against the diversity reward."""
 
 import json
+import shutil
 import math
 import os
 import subprocess
@@ -12,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blade.data.canonical import load_prepared
+from blade.data import PreparedData
+from blade.data import load_prepared
 from blade.errors import DataError
-from blade.evaluation import evaluate, read_recs, write_recs
+from blade.eval.recs import read_recs, write_recs
+from blade.eval.scoring import evaluate
 from blade.metrics import build_catalogue
 from blade.rewards import ListReward, RewardConfig
 from tests.conftest import ROOT
@@ -134,7 +137,7 @@ def test_evaluate_matches_hand_computed_metrics(tmp_path, data):
     lines, expect = _hand_lists(test, items["item_id"].tolist())
     rng = np.random.default_rng(0)
     recs = _write(tmp_path / "recs.jsonl", [lines[i] for i in rng.permutation(len(lines))])  # any order
-    summary = evaluate(recs, data, "test", tmp_path / "eval", ks=(1, 3, 5))
+    summary = evaluate(recs, PreparedData.load(data), "test", tmp_path / "eval", ks=(1, 3, 5))
 
     per_user = pd.read_parquet(tmp_path / "eval" / "per_user.parquet")
     assert per_user["row"].tolist() == list(range(len(test)))
@@ -161,7 +164,7 @@ def test_evaluate_matches_hand_computed_metrics(tmp_path, data):
 def test_evaluate_an_all_unknown_file_scores_zero_without_crashing(tmp_path, data):
     n = len(pd.read_parquet(data / "valid.parquet"))
     recs = _write(tmp_path / "recs.jsonl", [{"row": r, "items": [UNKNOWN + r, -5]} for r in range(n)])
-    summary = evaluate(recs, data, "valid", tmp_path / "eval", ks=(2,))
+    summary = evaluate(recs, PreparedData.load(data), "valid", tmp_path / "eval", ks=(2,))
     assert summary["recall@2"] == 0 and summary["ndcg@2"] == 0
     assert summary["invalid_rate"] == 1.0
     assert summary["coverage@2"] == 0
@@ -177,11 +180,11 @@ def test_sampled_recs_average_every_metric_over_the_samples(tmp_path, data):
     samples[1, :, 0] = test["target"].to_numpy()  # sample 1 hits every target at rank 1
     write_recs(tmp_path / "s.jsonl", samples)
     assert json.loads((tmp_path / "s.jsonl").read_text().splitlines()[len(test)])["sample"] == 1
-    together = evaluate(tmp_path / "s.jsonl", data, "test", tmp_path / "all", ks=(5,))
+    together = evaluate(tmp_path / "s.jsonl", PreparedData.load(data), "test", tmp_path / "all", ks=(5,))
     alone = []
     for s in range(3):
         write_recs(tmp_path / f"{s}.jsonl", samples[s])
-        alone.append(evaluate(tmp_path / f"{s}.jsonl", data, "test", tmp_path / f"e{s}", ks=(5,)))
+        alone.append(evaluate(tmp_path / f"{s}.jsonl", PreparedData.load(data), "test", tmp_path / f"e{s}", ks=(5,)))
     for key in ("recall@5", "ndcg@5", "coverage@5", "mgu_pop@5", "ild@5"):
         assert together[key] == pytest.approx(np.mean([a[key] for a in alone]), rel=1e-12), key
     assert together["samples_per_row"] == 3 and together["recall@5"] >= 1 / 3
@@ -204,9 +207,9 @@ def test_evaluate_rejects_bad_cutoffs_and_split(tmp_path, data):
     recs = tmp_path / "recs.jsonl"
     write_recs(recs, np.zeros((len(pd.read_parquet(data / "test.parquet")), 5), dtype=int))
     with pytest.raises(ValueError, match="positive integers"):
-        evaluate(recs, data, "test", tmp_path / "eval", ks=(0, 5))
+        evaluate(recs, PreparedData.load(data), "test", tmp_path / "eval", ks=(0, 5))
     with pytest.raises(ValueError, match="unknown split 'dev'"):
-        evaluate(recs, data, "dev", tmp_path / "eval", ks=(5,))
+        evaluate(recs, PreparedData.load(data), "dev", tmp_path / "eval", ks=(5,))
 
 
 # ---------------------------------------------------------------- the command line
@@ -234,6 +237,34 @@ def test_cli_evaluate_bad_file_exits_2_with_one_clear_line_and_good_file_exits_0
     metrics = json.loads((tmp_path / "good_eval" / "metrics.json").read_text())
     assert metrics["invalid_rate"] == 0 and math.isfinite(metrics["ndcg@20"])
     assert (tmp_path / "good_eval" / "per_user.parquet").is_file()
+
+    # one id outside the catalogue in n rows × 20 slots: a rate that rounds to 0.0000, so the count is printed
+    lists = np.tile(np.arange(20), (n, 1))
+    lists[3, 7] = 10**9
+    write_recs(tmp_path / "one_bad.jsonl", lists)
+    proc = _cli_evaluate(tmp_path / "one_bad.jsonl", data, tmp_path / "one_bad_eval")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "one_bad_eval" / "metrics.json").read_text())
+    assert metrics["invalid_rate"] == pytest.approx(1 / (n * 20))
+    assert "(1 invalid slots)" in proc.stdout, proc.stdout
+
+
+def test_damaged_prepared_file_names_the_file_and_the_rebuild_command(tmp_path, data):
+    """A truncated split file stops with its path and the command that rebuilds it, not pyarrow's traceback."""
+    from blade.errors import DataError
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    test_file = copy / "test.parquet"
+    test_file.write_bytes(test_file.read_bytes()[:100])
+    with pytest.raises(DataError, match=rf"{test_file} is damaged and cannot be read as Parquet.*snakemake --cores all "
+                                        rf"--forcerun prepare {copy}/stats.json"):
+        PreparedData.load(copy)
+    (copy / "valid.parquet").unlink()
+    with pytest.raises(DataError, match=rf"{copy / 'valid.parquet'} is missing"):
+        PreparedData.load(copy)
+    proc = _cli_evaluate(tmp_path / "none.jsonl", copy, tmp_path / "e")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "rebuild it" in proc.stderr, proc.stderr
 
 
 # ---------------------------------------------------------------- fairness and diversity, crafted
@@ -323,7 +354,7 @@ def test_empty_tail_group_counts_alike_in_evaluation_and_reward(crafted):
 
 def test_ild_without_genres_is_the_diversity_reward_distance(tmp_path, crafted):
     recs = _write(tmp_path / "recs.jsonl", [{"row": r, "items": items} for r, items in enumerate(CRAFT_RECS)])
-    evaluate(recs, crafted, "test", tmp_path / "eval", ks=(5, 10))
+    evaluate(recs, PreparedData.load(crafted), "test", tmp_path / "eval", ks=(5, 10))
     ild = pd.read_parquet(tmp_path / "eval" / "per_user.parquet")[["ild@5", "ild@10"]].to_numpy()
 
     # hand: A = C + Cᵀ of the train co-occurrence (last history item -> target); d = 1 − cosine of

@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blade.data.canonical import load_prepared
-from blade.experiment import EvalConfig
+from blade.model.policy import Policy
+from blade.data import PreparedData
+from blade.data import load_prepared
+from blade.eval.config import EvalConfig
 from blade.model.config import PolicyConfig
-from blade.recommend import best_of_n, inference_reward, sampled_lists
+from blade.eval.lists import best_of_n, inference_reward, sampled_lists
 from blade.rewards import ListReward, RewardConfig
 from blade.train.config import SFTConfig
 from blade.train.sft import train_sft
@@ -24,7 +26,7 @@ K, NS = 10, [1, 2, 4, 8]
 def sft_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("inference")
     data = tiny_dataset(root / "data")
-    train_sft(data, root / "sft", PolicyConfig(hidden=32, heads=2, kv_heads=1, intermediate=64),
+    train_sft(PreparedData.load(data), root / "sft", PolicyConfig(hidden=32, heads=2, kv_heads=1, intermediate=64),
               SFTConfig(epochs=2, batch_size=32, warmup_steps=5), seed=0, evaluation=EvalConfig(selection_rows=60))
     return data, root / "sft" / "best"
 
@@ -38,8 +40,8 @@ def test_inference_reward_moves_the_ground_truth_part_to_relevance():
 
 def test_best_of_n_keeps_the_best_of_the_first_n_draws(sft_model):
     data, model = sft_model
-    rows = best_of_n(model, data, "test", K, NS, REWARD, batch_size=128, seed=0)
-    draws, _ = sampled_lists(model, data, "test", K, max(NS), 128, seed=0)  # the same shared draw
+    rows = best_of_n(Policy.load(model), PreparedData.load(data), "test", K, NS, REWARD, batch_size=128, seed=0)
+    draws, _ = sampled_lists(Policy.load(model), PreparedData.load(data), "test", K, max(NS), 128, seed=0)  # the same shared draw
     items, splits, stats = load_prepared(data)
     test = splits["test"]
     n_rows = len(test)
@@ -67,9 +69,9 @@ def test_best_of_n_keeps_the_best_of_the_first_n_draws(sft_model):
 
 def test_sampled_lists_are_distinct_valid_and_seeded(sft_model):
     data, model = sft_model
-    a, cost = sampled_lists(model, data, "valid", K, 3, 64, seed=1)
-    b, _ = sampled_lists(model, data, "valid", K, 3, 64, seed=1)
-    c, _ = sampled_lists(model, data, "valid", K, 3, 64, seed=2)
+    a, cost = sampled_lists(Policy.load(model), PreparedData.load(data), "valid", K, 3, 64, seed=1)
+    b, _ = sampled_lists(Policy.load(model), PreparedData.load(data), "valid", K, 3, 64, seed=1)
+    c, _ = sampled_lists(Policy.load(model), PreparedData.load(data), "valid", K, 3, 64, seed=2)
     np.testing.assert_array_equal(a, b)
     assert (a != c).any() and (a[0] != a[1]).any()  # independent samples differ
     catalogue = pd.read_parquet(data / "items.parquet")["item_id"].to_numpy()
@@ -79,13 +81,13 @@ def test_sampled_lists_are_distinct_valid_and_seeded(sft_model):
 
 def test_best_of_n_under_several_reward_settings_shares_one_draw(sft_model):
     """One draw picked by two reward settings gives, for each, exactly the single-setting result."""
-    from blade.recommend import best_of_n_settings
+    from blade.eval.lists import best_of_n_settings
 
     data, model = sft_model
     other = RewardConfig(weights={"ndcg": 1.0, "diversity": 0.5})
-    both = best_of_n_settings(model, data, "test", K, NS, {"a": REWARD, "b": other}, batch_size=128, seed=0)
+    both = best_of_n_settings(Policy.load(model), PreparedData.load(data), "test", K, NS, {"a": REWARD, "b": other}, batch_size=128, seed=0)
     for name, cfg in (("a", REWARD), ("b", other)):
-        alone = best_of_n(model, data, "test", K, NS, cfg, batch_size=128, seed=0)
+        alone = best_of_n(Policy.load(model), PreparedData.load(data), "test", K, NS, cfg, batch_size=128, seed=0)
         assert set(both[name]) == set(alone)
         for key, (lists, _) in alone.items():
             np.testing.assert_array_equal(both[name][key][0], lists)
@@ -95,11 +97,11 @@ def test_best_of_n_under_several_reward_settings_shares_one_draw(sft_model):
 
 def test_lists_longer_than_the_catalogue_are_refused_by_name(tmp_path):
     from blade.errors import ConfigError
-    from blade.recommend import recommend
+    from blade.eval.lists import recommend
 
     data = tiny_dataset(tmp_path / "data")  # 40 items
     with pytest.raises(ConfigError, match=r"evaluate.k = 41, but the catalogue of .* holds 40 items"):
-        recommend(tmp_path / "recs.jsonl", data, "test", 41, 64, reference="cooc")
+        recommend(tmp_path / "recs.jsonl", PreparedData.load(data), "test", 41, 64, reference="cooc")
     assert not (tmp_path / "recs.jsonl").exists()
-    recommend(tmp_path / "recs.jsonl", data, "test", 40, 64, reference="cooc")  # the whole catalogue is fine
+    recommend(tmp_path / "recs.jsonl", PreparedData.load(data), "test", 40, 64, reference="cooc")  # the whole catalogue is fine
     assert (tmp_path / "recs.jsonl").is_file()

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import typing
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from blade.align.estimators import RefPrior, make_estimator
-from blade.align.blade_objective import BladeConfig, BladeObjective
-from blade.align.objective import RolloutBatch, bon_diagnostics, k3_kl
+from blade.align.estimators import ESTIMATORS, RefPrior, make_estimator
+from blade.align.blade_objective import BladeConfig, BladeObjective, EstimatorName
+from blade.align.objective import RolloutBatch, bon_diagnostics, k3_kl, reward_diagnostics
 from blade.align.registry import OBJECTIVES, build_objective
+from blade.config import from_dict
 from blade.errors import ConfigError
 
 
@@ -241,6 +244,12 @@ def test_bon_diagnostics_hand_values():
     assert d["tied_frac"] == 0.0
     tied = bon_diagnostics(np.log(f), w, n=3, rewards=np.array([[1.0, 1.0], [3.0, 0.0]]))
     assert tied["tied_frac"] == pytest.approx(1 / 2), "one of two groups has all-equal rewards"
+    # the reward keys are the ones every method logs (reward_diagnostics, tensor or numpy alike), plus
+    # reward_max, in the diagnostics' column order
+    r = torch.tensor([[1.0, 2.0], [3.0, 0.0]], dtype=torch.float32)
+    assert reward_diagnostics(r) == {k: d[k] for k in ("reward_mean", "reward_bon_group", "tied_frac")}
+    assert list(d) == ["weight_spread", "ess", "saturated_frac", "signal_std", "kl", "reward_mean", "reward_max",
+                       "reward_bon_group", "tied_frac", "loss_forward"]
 
 
 def test_objective_diagnostics_on_a_hand_made_batch():
@@ -283,6 +292,25 @@ def test_registry_builds_blade_from_a_config_mapping_and_fails_loudly():
         key = next(iter(bad))
         with pytest.raises(ConfigError, match=f"objective.blade: {key}"):
             build_objective("blade", bad, prior)
+
+
+def test_estimator_and_loss_choices_are_written_once():
+    """One list of choices each: the config type's (which from_dict checks, naming them) is the one a
+    directly built config is checked against, and the estimator names are the estimators'."""
+    assert set(typing.get_args(EstimatorName)) == set(ESTIMATORS)
+    for key, choices in (("estimator", ["dp", "nig", "static"]), ("loss", ["backward", "forward", "jeffreys"])):
+        with pytest.raises(ConfigError, match=rf"objective.blade.{key}: 'x' is not allowed; choose one of"):
+            from_dict(BladeConfig, {key: "x"}, "objective.blade")
+        with pytest.raises(ValueError, match=re.escape(f"{key} must be one of {choices}")):
+            BladeConfig(**{key: "x"})
+
+
+def test_blade_target_kind_follows_its_estimator():
+    """What the analysis reads (analysis/rows.py is_static): F̂_ref alone is the static ablation, the
+    posteriors are BLADE's dynamic target; no options are the defaults (dp)."""
+    assert BladeObjective.target_kind(None) == BladeObjective.target == "dynamic"
+    assert {e: BladeObjective.target_kind(BladeConfig(estimator=e)) for e in ("dp", "nig", "static")} == \
+        {"dp": "dynamic", "nig": "dynamic", "static": "static"}
 
 
 def test_evidence_state_survives_a_json_round_trip_resume():

@@ -16,10 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from blade.data import PreparedData
 from blade.model.codec import BIGREC_TEMPLATE, ItemCodec
 from blade.model.policy import LoraOptions, Policy, PolicyConfig
 from blade.sampling import ListSampler
-from blade.experiment import EvalConfig
+from blade.eval.config import EvalConfig
 from blade.train.config import SFTConfig
 from blade.train.sft import train_sft
 from tests.conftest import ROOT
@@ -142,7 +143,7 @@ def test_lora_sft_saves_an_adapter_that_reloads_exactly(setup, tmp_path, monkeyp
         real_save(self, directory)
 
     monkeypatch.setattr(Policy, "save", spy)
-    summary = train_sft(data, tmp_path / "sft", _lora(base, codec), SFT, seed=0, evaluation=ALL_VALID)
+    summary = train_sft(PreparedData.load(data), tmp_path / "sft", _lora(base, codec), SFT, seed=0, evaluation=ALL_VALID)
     assert summary["best_epoch"] == 1
     best = tmp_path / "sft" / "best"
     trained = next(p for p, d in saved if d == best)
@@ -198,7 +199,7 @@ def test_lora_sft_killed_after_an_epoch_resumes_to_the_same_result(setup, tmp_pa
     policy_cfg = _lora(base, "atomic")
     policy_cfg.lora.dropout = 0.1  # dropout draws from the RNG, which the checkpoint restores
     cfg = dataclasses.replace(SFT, epochs=2, patience=5)
-    train_sft(data, tmp_path / "straight", policy_cfg, cfg, seed=0)
+    train_sft(PreparedData.load(data), tmp_path / "straight", policy_cfg, cfg, seed=0)
 
     real_save = sft.save_checkpoint
 
@@ -208,9 +209,9 @@ def test_lora_sft_killed_after_an_epoch_resumes_to_the_same_result(setup, tmp_pa
 
     monkeypatch.setattr(sft, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_sft(data, tmp_path / "resumed", policy_cfg, cfg, seed=0)
+        train_sft(PreparedData.load(data), tmp_path / "resumed", policy_cfg, cfg, seed=0)
     monkeypatch.undo()
-    train_sft(data, tmp_path / "resumed", policy_cfg, cfg, seed=0)
+    train_sft(PreparedData.load(data), tmp_path / "resumed", policy_cfg, cfg, seed=0)
 
     logs = [pd.read_parquet(tmp_path / run / "train_log.parquet").drop(columns="seconds")
             for run in ("straight", "resumed")]
@@ -226,7 +227,7 @@ def test_lora_sft_killed_after_an_epoch_resumes_to_the_same_result(setup, tmp_pa
 def test_cli_recommend_and_evaluate_from_a_lora_adapter(setup, tmp_path):
     data, _, base = setup
     cfg = SFTConfig(epochs=1, batch_size=64, lr=5e-3, warmup_steps=1, k=K, select_metric=f"ndcg@{K}")
-    train_sft(data, tmp_path / "sft", _lora(base, "title"), cfg, seed=0, evaluation=EvalConfig(selection_rows=8, ks=[K], k=K))
+    train_sft(PreparedData.load(data), tmp_path / "sft", _lora(base, "title"), cfg, seed=0, evaluation=EvalConfig(selection_rows=8, ks=[K], k=K))
     env = {**os.environ, "BLADE_TRACKING": "off", "OMP_NUM_THREADS": "1"}
     recs = tmp_path / "recs.jsonl"
     for args in (["recommend", "--data", str(data), "--split", "test", "--k", "10", "--model",

@@ -8,7 +8,7 @@ builds them on the tiny config as is. Directory B gets A's prepared data with ev
 target replaced by another catalogue item and builds the same targets. Each file must be
 byte-identical to A's, apart from wall-clock fields (see ``_is_timing``). The jobs that train a
 row also score it on the test split, in the same process, after training and selection are done
-(blade/scoring.py); so B's SFT test files show the corruption is real: the same lists as A's, a
+(blade/eval/scoring.py); so B's SFT test files show the corruption is real: the same lists as A's, a
 different score.
 
 Scope: only the test split's targets change, after ``prepare``; a leak through the prepared

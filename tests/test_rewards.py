@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from blade.config import from_dict
-from blade.data.canonical import load_prepared
+from blade.data import load_prepared
 from blade.errors import ConfigError, DataError
 from blade.metrics import ild_at_k, ndcg_at_k
 from blade.rewards import (
@@ -243,6 +243,17 @@ def test_config_errors(cfg, message):
     with pytest.raises(ConfigError) as info:  # the same through the YAML path, prefixed by the key
         from_dict(RewardConfig, cfg, "method.reward")
     assert str(info.value).startswith("method.reward")
+
+
+@pytest.mark.parametrize("key", ["fairness_by", "fairness_target", "diversity_by"])
+def test_choices_are_the_same_built_directly_or_from_yaml(key):
+    """Each option's choices are written once (its Literal type): a direct construction and the
+    YAML path reject a value with the same message and list."""
+    with pytest.raises(ConfigError) as direct:
+        RewardConfig(**{key: "nope"})
+    with pytest.raises(ConfigError) as parsed:
+        from_dict(RewardConfig, {key: "nope"}, "reward")
+    assert str(parsed.value) == f"reward.{direct.value}" and "choose one of [" in str(direct.value)
 
 
 def test_options_needing_genres_fail_loudly_without_them():

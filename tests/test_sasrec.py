@@ -6,15 +6,16 @@ import pandas as pd
 import pytest
 import torch
 
+from blade.data import PreparedData
 from blade.config import from_dict
-from blade.data.canonical import load_prepared
+from blade.data import load_prepared
 from blade.errors import ConfigError
 from blade.metrics import ndcg_at_k
-from blade.recommend import reference_lists
+from blade.eval.lists import reference_lists
 from blade.reference import most_popular
-from blade import sasrec
-from blade.sasrec import SASRec, SASRecConfig, SASRecRecommender, extended_rows, training_pairs
-from blade.train.selection import selection_slice
+from blade.eval import sasrec
+from blade.eval.sasrec import SASRec, SASRecConfig, SASRecRecommender, extended_rows, training_pairs
+from blade.eval.selection import selection_slice
 from tests.helpers import tiny_dataset
 
 FAST = SASRecConfig(epochs=40, hidden=32, patience=5, device="cpu")
@@ -121,7 +122,7 @@ def test_reference_row_valid_and_test_come_from_one_model(tmp_path, monkeypatch)
     monkeypatch.setattr(sasrec, "SASRecConfig", lambda: FAST)  # the row's defaults, made quick
     data_dir = tiny_dataset(tmp_path / "data")
     items, splits, _ = load_prepared(data_dir)
-    valid = reference_lists("sasrec", data_dir, "valid", 10, seed=1)
+    valid = reference_lists("sasrec", PreparedData.load(data_dir), "valid", 10, seed=1)
     rec = SASRecRecommender(items["item_id"].to_numpy(), FAST, 1)
     summary = rec.fit(splits["train"], splits["valid"], verbose=False)
     # the tiny valid split is smaller than the selection slice, so selection read all of it
@@ -129,5 +130,5 @@ def test_reference_row_valid_and_test_come_from_one_model(tmp_path, monkeypatch)
     np.testing.assert_array_equal(valid, rec.recommend(splits["valid"]["history"].tolist(), 10))
     ndcg = ndcg_at_k(valid, splits["valid"]["target"].to_numpy(), 10).mean()
     assert ndcg == pytest.approx(summary["valid/ndcg@10"])
-    test = reference_lists("sasrec", data_dir, "test", 10, seed=1)
+    test = reference_lists("sasrec", PreparedData.load(data_dir), "test", 10, seed=1)
     np.testing.assert_array_equal(test, rec.recommend(splits["test"]["history"].tolist(), 10))

@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from blade.data import PreparedData
 from blade.model.policy import Policy, PolicyConfig
 from blade.train.config import SFTConfig
-from blade.train.selection import valid_metrics
+from blade.eval.selection import valid_metrics
 from blade.train.sft import continuation_lists, train_sft
 from tests.conftest import ROOT
 from tests.helpers import tiny_dataset
@@ -42,7 +43,7 @@ def test_sft_learns_and_selects_on_valid(tmp_path):
     items = pd.read_parquet(data / "items.parquet")
     valid = pd.read_parquet(data / "valid.parquet")
     untrained = valid_metrics(Policy.build(SMALL_POLICY, items), valid, 10, [5, 10], 256)
-    summary = train_sft(data, tmp_path / "sft", SMALL_POLICY, SFTConfig(epochs=4, batch_size=32, warmup_steps=5), seed=0)
+    summary = train_sft(PreparedData.load(data), tmp_path / "sft", SMALL_POLICY, SFTConfig(epochs=4, batch_size=32, warmup_steps=5), seed=0)
     log = pd.read_parquet(tmp_path / "sft" / "train_log.parquet")
     assert summary["best_epoch"] == int(log["valid/ndcg@10"].idxmax()) + 1
     best = Policy.load(tmp_path / "sft" / "best")
@@ -90,18 +91,18 @@ def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path, capsys):
     data = tiny_dataset(tmp_path / "data")
     one = SFTConfig(epochs=1, batch_size=32, warmup_steps=5, lr=1e-2)
     two = SFTConfig(epochs=2, batch_size=32, warmup_steps=5)
-    train_sft(data, tmp_path / "b", SMALL_POLICY, one, seed=0)  # another run's checkpoint, after epoch 1
+    train_sft(PreparedData.load(data), tmp_path / "b", SMALL_POLICY, one, seed=0)  # another run's checkpoint, after epoch 1
     capsys.readouterr()
-    summary = train_sft(data, tmp_path / "b", SMALL_POLICY, two, seed=0)
+    summary = train_sft(PreparedData.load(data), tmp_path / "b", SMALL_POLICY, two, seed=0)
     assert "removing it and starting afresh" in capsys.readouterr().out
-    assert summary == train_sft(data, tmp_path / "a", SMALL_POLICY, two, seed=0)
+    assert summary == train_sft(PreparedData.load(data), tmp_path / "a", SMALL_POLICY, two, seed=0)
     assert summary["epochs_run"] == 2 and len(pd.read_parquet(tmp_path / "b" / "train_log.parquet")) == 2
     wa = load_file(str(tmp_path / "a" / "best" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "best" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the same options again: the finished run's checkpoint is its own, nothing is retrained
     capsys.readouterr()
-    assert train_sft(data, tmp_path / "b", SMALL_POLICY, two, seed=0) == summary
+    assert train_sft(PreparedData.load(data), tmp_path / "b", SMALL_POLICY, two, seed=0) == summary
     out = capsys.readouterr().out
     assert "resuming from" in out and "starting afresh" not in out and "epoch=" not in out
 

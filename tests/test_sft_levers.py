@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from blade.data import PreparedData
 from blade.config import from_dict
 from blade.errors import ConfigError
 from blade.model.policy import Policy, PolicyConfig
 from blade.train.config import SFTConfig
-from blade.train.selection import valid_metrics
+from blade.eval.selection import valid_metrics
 from blade.train.sft import _lr_factor, add_dropout, continuation_lists, prefix_rows, sft_loss, slot_weights, train_sft
 from tests.helpers import tiny_dataset
 
@@ -107,7 +108,7 @@ def test_every_lever_on_still_learns(tmp_path):
     untrained = valid_metrics(Policy.build(SMALL_POLICY, items), valid, 10, [10], 256)
     cfg = SFTConfig(epochs=3, batch_size=32, warmup_steps=5, weight_decay=0.1, dropout=0.1, label_smoothing=0.1,
                     target_decay=0.5, min_lr_ratio=0.1, prefixes=True)
-    summary = train_sft(data, tmp_path / "sft", SMALL_POLICY, cfg, seed=0)
+    summary = train_sft(PreparedData.load(data), tmp_path / "sft", SMALL_POLICY, cfg, seed=0)
     assert summary["valid/ndcg@10"] > untrained["ndcg@10"] + 0.1, (untrained, summary)
 
 

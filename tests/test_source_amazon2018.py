@@ -262,7 +262,7 @@ def test_deterministic_and_independent_of_compression_and_line_order(tmp_path):
 
 
 def test_end_to_end_through_prepare(tmp_path):
-    from blade.data.canonical import load_prepared
+    from blade.data import load_prepared
     from blade.data.prepare import prepare
 
     # 8 users × 7 items, every user reviews every item once (a 5-core), in a user-specific order;

@@ -9,28 +9,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
-from blade.align.estimators import ESTIMATORS, EvidenceBuffer, RefPrior, make_estimator
-from blade.align.objective import (Objective, RolloutBatch, backward_kl_loss, bon_diagnostics, bon_weights,
-                                   forward_kl_loss, k3_kl)
+from blade.align.estimators import EvidenceBuffer, RefPrior, make_estimator
+from blade.align.objective import (Objective, RolloutBatch, TargetKind, as_numpy, backward_kl_loss, bon_diagnostics,
+                                   bon_weights, forward_kl_loss, k3_kl)
 from blade.align.registry import register
 from blade.config import option
 from blade.lazy import torch  # imported on first use: config validation must not import torch
 
+# The choices of `estimator` and `loss`, written once: the type from_dict checks a config against
+# (its message lists them) and __post_init__ checks a directly built config against.
+# Estimator names are those of blade.align.estimators.ESTIMATORS (tests/test_objective.py checks).
+EstimatorName = Literal["dp", "nig", "static"]
+Loss = Literal["forward", "backward", "jeffreys"]
+
 
 @dataclass
 class BladeConfig:
-    estimator: Literal["dp", "nig", "static"] = option(
+    estimator: EstimatorName = option(
         "dp", help="target CDF estimator: 'dp' (Dirichlet-process posterior, default), 'nig' (Normal–Inverse-Gamma "
                    "posterior predictive) or 'static' (reference empirical CDF only; the gradient-decay ablation)")
     n: int = option(8, help="N of the Best-of-N target: weights ∝ F(r)^(N-1)")
     kappa0: float = option(4.0, help="prior strength κ0 in pseudo-rollouts (0 = evidence only, .inf = prior only)")
     gamma: float = option(0.0, help="per-step decay γ of earlier rollouts' evidence for the same context (0 = current only)")
     beta_kl: float = option(0.05, help="weight β_kl of the k3 KL(π_θ ‖ π_ref) penalty")
-    loss: Literal["forward", "backward", "jeffreys"] = option(
+    loss: Loss = option(
         "forward", help="'forward' KL via self-normalised importance weights, 'backward' KL via REINFORCE with reward "
                         "(N-1)·log F and a leave-one-out baseline, or 'jeffreys' = (1-β_j)·forward + β_j·backward")
     beta_j: float = option(0.5, help="jeffreys: weight β_j of the backward (mode-seeking) KL, as BOND's J-BOND")
@@ -39,10 +45,10 @@ class BladeConfig:
                    "are often constant per context, e.g. all-zero NDCG)")
 
     def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {self.estimator!r}")
-        if self.loss not in ("forward", "backward", "jeffreys"):
-            raise ValueError(f"loss must be one of ['backward', 'forward', 'jeffreys'], got {self.loss!r}")
+        if self.estimator not in get_args(EstimatorName):
+            raise ValueError(f"estimator must be one of {sorted(get_args(EstimatorName))}, got {self.estimator!r}")
+        if self.loss not in get_args(Loss):
+            raise ValueError(f"loss must be one of {sorted(get_args(Loss))}, got {self.loss!r}")
         if self.n < 2:
             raise ValueError(f"n (the BoN N) must be >= 2 — N = 1 is π_ref itself and gives no signal; got {self.n}")
         if not self.kappa0 >= 0:  # also rejects NaN
@@ -55,7 +61,6 @@ class BladeConfig:
             raise ValueError(f"beta_j must lie in [0, 1], got {self.beta_j}")
         if not (self.var_floor > 0 and math.isfinite(self.var_floor)):
             raise ValueError(f"var_floor must be a finite number > 0, got {self.var_floor}")
-
 
 
 @register("blade")
@@ -72,6 +77,13 @@ class BladeObjective(Objective):
     being exactly zero-mean. Returns ``(align, β_kl·KL, diagnostics)``."""
 
     config_class = BladeConfig
+    target = "dynamic"  # the default estimator, dp: the posterior target (3.2)
+
+    @classmethod
+    def target_kind(cls, options: BladeConfig | None) -> TargetKind:
+        """``static`` with ``estimator: static`` (F̂_ref alone inside BLADE's loop: the gradient-decay
+        ablation, docs/method.md §2), else ``dynamic`` (the posterior F_post, (3.1)/(3.2))."""
+        return "static" if (options or BladeConfig()).estimator == "static" else "dynamic"
 
     def __init__(self, config: BladeConfig | None, prior: RefPrior):
         self.config = config or BladeConfig()
@@ -86,7 +98,7 @@ class BladeObjective(Objective):
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         cfg = self.config
         rows = np.asarray(batch.rows, dtype=np.int64)
-        rewards = batch.rewards.detach().cpu().double().numpy()                    # (B, G)
+        rewards = as_numpy(batch.rewards)                                          # (B, G)
         ev = ev_w = None
         if self.evidence is not None:
             ev, ev_w = self.evidence.evidence(rows, batch.step)                    # (B, E) each

@@ -1,14 +1,11 @@
 """Options of the reference rollouts and of the one alignment loop (torch-free, so that validating
-a config never imports torch), and the split of a ``methods:`` entry into objective and options."""
+a config never imports torch)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
-
 from blade.config import option
-from blade.errors import ConfigError
 from blade.train.config import check_select_metric
 
 
@@ -68,15 +65,3 @@ class AlignConfig:
             raise ValueError("lr and grad_clip must be > 0 and weight_decay >= 0")
         _check_sampling(self.temperature, self.top_p)
         check_select_metric(self.select_metric, self.k, allow_reward=True)
-
-
-def method_objective(method: Any, where: str) -> tuple[str, dict[str, Any], str | None]:
-    """Split a `methods:` entry ``{objective: NAME, module: MODULE (optional), **options}`` into the
-    objective's name, its options and the module that registers it (None: built-in or baselines/)."""
-    if not isinstance(method, dict) or not isinstance(method.get("objective"), str):
-        raise ConfigError(f"{where}: a method needs `objective: NAME` plus that objective's options")
-    module = method.get("module")
-    if module is not None and not isinstance(module, str):
-        raise ConfigError(f"{where}.module: expected a Python module name, got {module!r}")
-    options = {k: v for k, v in method.items() if k not in ("objective", "module")}
-    return method["objective"], options, module

@@ -224,10 +224,8 @@ class Estimator(abc.ABC):
     name: str
 
     def __init__(self, kappa0: float, var_floor: float):
-        if not (kappa0 >= 0):  # also rejects NaN
-            raise ValueError(f"kappa0 must be >= 0 (inf allowed), got {kappa0}")
-        if not (var_floor > 0):
-            raise ValueError(f"var_floor must be > 0, got {var_floor}")
+        # κ0 >= 0 and var_floor > 0 are checked once, where the options are defined (BladeConfig);
+        # the estimators trust their caller
         self.kappa0, self.var_floor = float(kappa0), float(var_floor)
 
     def __call__(self, r: np.ndarray, prior: RefPrior, rows: np.ndarray, ev: np.ndarray | None = None,

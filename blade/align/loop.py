@@ -31,19 +31,19 @@ import torch
 from tqdm import tqdm
 
 from blade.align.objective import RolloutBatch
-from blade.align.registry import build_objective
+from blade.align.registry import Method
 from blade.align.estimators import RefPrior
 from blade.align.rollout import check_rollout_reward, sample_groups
-from blade.align.config import AlignConfig, method_objective
-from blade.data.canonical import load_prepared
+from blade.align.config import AlignConfig
+from blade.data.prepared import PreparedData
 from blade.distributed import group
-from blade.experiment import EvalConfig
+from blade.eval.config import EvalConfig
+from blade.eval.selection import selection_slice, valid_metrics
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
 from blade.seeding import seed_everything, torch_generator
-from blade.train.checkpoint import load_checkpoint, resumable, save_checkpoint, training_files
-from blade.train.selection import selection_slice, valid_metrics
+from blade.train.checkpoint import load_checkpoint, resumable, save_checkpoint
 
 
 def _pad_lists(lists, T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,18 +54,17 @@ def _pad_lists(lists, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     return logp, mask
 
 
-def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_dir: str | Path, method: dict[str, Any],
+def align(data: PreparedData, sft_dir: str | Path, rollouts: str | Path, out_dir: str | Path, method: Method,
           cfg: AlignConfig, reward_cfg: RewardConfig, seed: int, tracker=None, device: str | None = None,
           evaluation: EvalConfig | None = None) -> dict:
     out = Path(out_dir)
     ckpt, best_dir = out / "checkpoint", out / "best"
     seed_everything(seed)
     procs = group()  # one process, or this one's share of a data-parallel launch
-    items, splits, stats = load_prepared(data_dir)
-    train, valid = splits["train"], splits["valid"]
+    train, valid = data.train, data.valid
     evaluation = evaluation or EvalConfig()
     valid = selection_slice(valid, evaluation.selection_rows)  # the same fixed slice SFT selects on
-    reward = ListReward(reward_cfg, items, train, stats)
+    reward = ListReward(reward_cfg, data.items, train, data.stats)
     ref_frame = pd.read_parquet(rollouts)
     check_rollout_reward(ref_frame, reward_cfg, rollouts)
     ref_k = len(ref_frame["items"].iloc[0])
@@ -75,16 +74,15 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
         raise ConfigError(f"align.k={cfg.k} but the reference rollouts in {rollouts} have K={ref_k}; set rollout.k = align.k")
     prior = RefPrior.from_frame(ref_frame, len(train))
     pool = np.unique(ref_frame["row"].to_numpy())
-    name, options, module = method_objective(method, "method")
-    objective = build_objective(name, options, prior, module)
+    objective = method.build(prior)
 
     stored = ReferenceGroups(ref_frame) if objective.data == "reference" else None
     ref = _frozen(Policy.load(Path(sft_dir) / "best", device))
     # the step budget is left out: nothing in the loop depends on it (constant learning rate), so a run
     # extended to more steps continues from its checkpoint to the straight run's result (tests)
-    run = {"method": method, "align": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"},
+    run = {"method": method.as_dict(), "align": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"},
            "reward": dataclasses.asdict(reward_cfg), "evaluate": dataclasses.asdict(evaluation), "seed": seed}
-    resume, fingerprint = resumable(ckpt, run, [*training_files(data_dir), rollouts, Path(sft_dir) / "best"], procs)
+    resume, fingerprint = resumable(ckpt, run, [*data.training_files, rollouts, Path(sft_dir) / "best"], procs)
     policy = Policy.load(ckpt if resume else Path(sft_dir) / "best", device)
     # an EMA anchor policy for the methods that ask for one (J-BOND), starting at π_ref
     anchor = None
@@ -102,7 +100,7 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
         _evaluate(policy, valid, cfg, evaluation, reward, state, 0, best_dir, tracker)
     histories, targets = train["history"].tolist(), train["target"].to_numpy()
     B = cfg.contexts_per_step
-    bar = tqdm(range(state["step"], cfg.steps), desc=f"align {name}", mininterval=5)
+    bar = tqdm(range(state["step"], cfg.steps), desc=f"align {method.objective}", mininterval=5)
     for step in bar:
         rows = np.random.default_rng([seed, step]).choice(pool, size=B, replace=len(pool) < B)
         gen = torch_generator(policy.device, seed, step, 1)
@@ -124,7 +122,7 @@ def align(data_dir: str | Path, sft_dir: str | Path, rollouts: str | Path, out_d
     write_parquet(out / "diagnostics.parquet", pd.DataFrame(state["log"]))
     write_parquet(out / "valid_curve.parquet", pd.DataFrame(state["valid"]))
     write_json(out / "align_config.json", {"align": dataclasses.asdict(cfg), "reward": dataclasses.asdict(reward_cfg),
-                                           "evaluate": dataclasses.asdict(evaluation), "method": method, "seed": seed})
+                                           "evaluate": dataclasses.asdict(evaluation), "method": method.as_dict(), "seed": seed})
     start = state["valid"][0][f"valid/{cfg.select_metric}"]
     return {"best_step": state["best_step"], f"valid/{cfg.select_metric}": state["best"],
             f"valid/{cfg.select_metric}/start": start, "steps": state["step"]}

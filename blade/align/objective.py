@@ -8,8 +8,14 @@ diagnostics. A method is one file that subclasses :class:`Objective`, declares i
 as ``config_class`` and registers itself with ``@register("name")`` (:mod:`blade.align.registry`);
 BLADE's is :mod:`blade.align.blade_objective`, the baselines' are under ``baselines/``.
 
+An objective also says what kind of Best-of-N target it trains toward (``target``, read through
+:meth:`Objective.target_kind`): the analysis groups the rows by it (the "static" side of the
+gradient-decay and static-bound comparisons, docs/method.md §2, §6.3–§6.4), so no table keeps its
+own list of method names.
+
 Shared here: the SNIS weights (3.4), the k3 KL (3.8), the forward (3.5) and backward (3.6) KL
-losses, and the per-step diagnostics of the gradient-decay curves (docs/method.md §3.7).
+losses, the per-step diagnostics of the gradient-decay curves (docs/method.md §3.7) and the reward
+diagnostics every method logs.
 """
 
 from __future__ import annotations
@@ -17,11 +23,20 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from blade.lazy import torch  # imported on first use: config validation must not import torch
+
+# What an objective's loss matches (docs/method.md §2–§3):
+# - "static": a Best-of-N target weighted by an empirical reward CDF that the policy's own rewards
+#   do not update — F̂_ref of the stored reference rollouts (vBoN, BLADE `estimator: static`) or a
+#   BoN anchor's (BOND): the static BoN alignment of docs/method.md §2 and §6.3–§6.4, capped by BoN@N
+#   of π_ref or stalling where its rollouts saturate the CDF;
+# - "dynamic": BLADE's self-evolving target, F_post updated with the current rollouts' rewards (3.1)/(3.2);
+# - "none": no BoN target CDF in the loss (DPO, S-DPO, GRPO, BoNBoN, a plain RL method).
+TargetKind = Literal["static", "dynamic", "none"]
 
 
 @dataclass
@@ -59,6 +74,16 @@ class Objective(abc.ABC):
     # each step) and fills anchor_token_logp and, with anchor_samples = Ga > 0, anchor_rewards.
     anchor_ema: float | None = None
     anchor_samples: int = 0
+    # The kind of BoN target the loss matches (TargetKind above); an objective whose kind depends on
+    # its options overrides target_kind. The default, "none", is what a method that names no BoN
+    # target has.
+    target: TargetKind = "none"
+
+    @classmethod
+    def target_kind(cls, options: Any | None) -> TargetKind:
+        """The target kind under ``options`` (the validated ``config_class`` instance, or None for
+        the defaults). Torch-free: the analysis asks it of a resolved config without training."""
+        return cls.target
 
     @abc.abstractmethod
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -106,10 +131,22 @@ def k3_kl(token_logp: torch.Tensor, ref_token_logp: torch.Tensor, mask: torch.Te
     return ((torch.exp(d) - d - 1.0) * mask).sum(-1)
 
 
-def _np(x: np.ndarray | torch.Tensor) -> np.ndarray:
+def as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``x`` as float64 numpy, detached and on the CPU if it is a tensor (rewards, weights, log F):
+    the one way every objective turns a batch's numbers into numpy."""
     if torch.is_tensor(x):
         x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
+
+
+def reward_diagnostics(rewards: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """The reward diagnostics every method logs, rewards (B, G): ``reward_mean`` (all lists),
+    ``reward_bon_group`` (mean over contexts of each group's best reward: the batch's BoN@G) and
+    ``tied_frac`` (share of contexts whose G rewards all tie — every estimator gives such a group
+    uniform weights, so this separates "ties" from "saturation" as the cause of a falling spread)."""
+    r = as_numpy(rewards)
+    return {"reward_mean": float(r.mean()), "reward_bon_group": float(r.max(1).mean()),
+            "tied_frac": float((r == r[:, :1]).all(1).mean())}
 
 
 def bon_diagnostics(log_f: np.ndarray | torch.Tensor, w: np.ndarray | torch.Tensor, n: int,
@@ -122,15 +159,11 @@ def bon_diagnostics(log_f: np.ndarray | torch.Tensor, w: np.ndarray | torch.Tens
     - ``ess``: mean effective sample size ``1 / Σ_i w_i²`` (G = uniform, 1 = one winner)
     - ``saturated_frac``: share of rollouts with ``F ≥ 0.99`` (where the static target is flat)
     - ``signal_std``: mean within-group std (ddof 0) of ``(N-1)·log F``
-    - ``tied_frac`` (with rewards): share of contexts whose G rewards are all equal — every
-      estimator gives such a group uniform weights, so this separates "ties" from "saturation"
-      as the cause of a falling spread
-    - ``reward_bon_group`` (with rewards): mean over contexts of each group's best reward — the
-      current policy's BoN@G, beside ``reward_mean`` (its single-sample reward) and ``reward_max``
-      (the best of the whole batch)
-    - ``kl``, ``reward_mean``, ``reward_max`` and any ``loss_*`` passed in, when given.
+    - with rewards: :func:`reward_diagnostics` (``reward_mean``, ``reward_bon_group`` — the
+      current policy's BoN@G —, ``tied_frac``) and ``reward_max`` (the best of the whole batch)
+    - ``kl`` and any ``loss_*`` passed in, when given.
     The trainer adds the gradient norms (``grad_norm``, ``grad_norm_align``)."""
-    log_f, w = _np(log_f), _np(w)
+    log_f, w = as_numpy(log_f), as_numpy(w)
     G = w.shape[1]
     out = {
         "weight_spread": float(np.abs(w - 1.0 / G).sum(1).mean()),
@@ -141,10 +174,10 @@ def bon_diagnostics(log_f: np.ndarray | torch.Tensor, w: np.ndarray | torch.Tens
     if kl is not None:
         out["kl"] = float(kl)
     if rewards is not None:
-        r = _np(rewards)
-        out["reward_mean"], out["reward_max"] = float(r.mean()), float(r.max())
-        out["reward_bon_group"] = float(r.max(1).mean())
-        out["tied_frac"] = float((r == r[:, :1]).all(1).mean())
+        r = as_numpy(rewards)
+        shared = reward_diagnostics(r)
+        # reward_max right after reward_mean: the diagnostics columns keep their order
+        out.update(reward_mean=shared.pop("reward_mean"), reward_max=float(r.max()), **shared)
     out.update({k: float(v) for k, v in losses.items()})
     return out
 

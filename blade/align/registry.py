@@ -3,6 +3,10 @@
 Torch-free, so that validating a config (``snakemake -n``) only imports the objectives' modules,
 which import torch lazily (:mod:`blade.lazy`).
 
+A ``methods:`` entry is resolved once into a :class:`Method` (objective, module, validated options);
+the config keeps its plain form (:meth:`Method.as_dict`), which is what a rule hands to ``blade
+align``, and the job builds the objective from the :class:`Method` it resolves on arrival.
+
 A name not yet registered is looked up, in order, in the built-in objectives (BLADE), as module
 ``baselines.<name>`` (so a baseline is one file plus one config entry), and in the module a
 ``methods:`` entry names with ``module:`` (a researcher's own package, no edit of this one).
@@ -10,8 +14,10 @@ A name not yet registered is looked up, in order, in the built-in objectives (BL
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from blade.config import from_dict
@@ -70,3 +76,39 @@ def objective_config(name: str, config: Mapping[str, Any] | None, where: str | N
 def build_objective(name: str, config: Mapping[str, Any] | None, prior: Any, module: str | None = None):
     """Build the objective registered as ``name`` from a plain config mapping."""
     return objective_class(name, module)(objective_config(name, config, module=module), prior)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A resolved ``methods:`` entry: the objective's name, the module that registers it (None:
+    built-in or ``baselines/<name>.py``) and its validated options (its ``config_class``; None when
+    it has none)."""
+
+    objective: str
+    module: str | None
+    options: Any
+
+    @classmethod
+    def from_entry(cls, entry: Any, where: str) -> Method:
+        """``{objective: NAME, module: MODULE (optional), **options}``, validated against the objective."""
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("objective"), str):
+            raise ConfigError(f"{where}: a method needs `objective: NAME` plus that objective's options")
+        module = entry.get("module")
+        if module is not None and not isinstance(module, str):
+            raise ConfigError(f"{where}.module: expected a Python module name, got {module!r}")
+        name = entry["objective"]
+        options = {k: v for k, v in entry.items() if k not in ("objective", "module")}
+        return cls(name, module, objective_config(name, options, where, module))
+
+    @property
+    def objective_class(self) -> type:
+        return objective_class(self.objective, self.module)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry with every option filled in: the config's (and the run files') plain form."""
+        head = {"objective": self.objective, **({"module": self.module} if self.module else {})}
+        return {**head, **(dataclasses.asdict(self.options) if self.options is not None else {})}
+
+    def build(self, prior: Any):
+        """The objective, from the options validated once."""
+        return self.objective_class(self.options, prior)

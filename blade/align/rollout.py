@@ -25,14 +25,14 @@ import torch
 from tqdm import tqdm
 
 from blade.align.config import RolloutConfig
-from blade.data.canonical import load_prepared
+from blade.data.prepared import PreparedData
 from blade.errors import ConfigError
 from blade.io import write_parquet
 from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
 from blade.sampling import ListSampler
 from blade.seeding import seed_everything, torch_generator
-from blade.train.checkpoint import run_fingerprint, training_files
+from blade.train.checkpoint import run_fingerprint
 
 
 REWARD_ATTR = "blade_reward_config"
@@ -68,14 +68,14 @@ def sample_groups(policy: Policy, histories: list[list[int]], k: int, group: int
     return sampler.generate(prompts, greedy=False, generator=generator), prompts
 
 
-def reference_rollouts(data_dir: str | Path, model_dir: str | Path, out_path: str | Path, cfg: RolloutConfig,
+def reference_rollouts(data: PreparedData, model_dir: str | Path, out_path: str | Path, cfg: RolloutConfig,
                        reward_cfg: RewardConfig, seed: int, device: str | None = None) -> dict:
     """M lists per context from π_ref, scored under one reward setting, into ``out_path``."""
-    return reference_rollouts_scored(data_dir, model_dir, {"reward": (out_path, reward_cfg)}, cfg, seed,
+    return reference_rollouts_scored(data, model_dir, {"reward": (out_path, reward_cfg)}, cfg, seed,
                                      device)["reward"]
 
 
-def reference_rollouts_scored(data_dir: str | Path, model_dir: str | Path,
+def reference_rollouts_scored(data: PreparedData, model_dir: str | Path,
                               outs: dict[str, tuple[str | Path, RewardConfig]], cfg: RolloutConfig, seed: int,
                               device: str | None = None) -> dict[str, dict]:
     """One draw of M lists per context from π_ref, scored under every reward setting of ``outs``
@@ -84,14 +84,13 @@ def reference_rollouts_scored(data_dir: str | Path, model_dir: str | Path,
     outs = {name: (Path(path), reward_cfg) for name, (path, reward_cfg) in outs.items()}
     parts = {name: path.with_name(path.name + ".parts") for name, (path, _) in outs.items()}
     seed_everything(seed)
-    items, splits, stats = load_prepared(data_dir)
-    train = splits["train"]
-    rewards = {name: ListReward(reward_cfg, items, train, stats) for name, (_, reward_cfg) in outs.items()}
+    train = data.train
+    rewards = {name: ListReward(reward_cfg, data.items, train, data.stats) for name, (_, reward_cfg) in outs.items()}
     policy = Policy.load(model_dir, device)
     policy.model.eval()
     rows = context_rows(len(train), cfg.max_contexts)
     # chunks left by a killed job are reused only if that job had these options and inputs
-    fingerprint = run_fingerprint({"rollout": dataclasses.asdict(cfg), "seed": seed}, [*training_files(data_dir), model_dir])
+    fingerprint = run_fingerprint({"rollout": dataclasses.asdict(cfg), "seed": seed}, [*data.training_files, model_dir])
     for name, (_, reward_cfg) in outs.items():
         _claim_parts(parts[name], f"{fingerprint}:{reward_fingerprint(reward_cfg)}")
     histories = train["history"].tolist()

@@ -248,18 +248,3 @@ def _checksum(path: Path) -> str:
     from blade.io import sha256_file
 
     return sha256_file(path)
-
-
-def load_prepared(directory: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
-    """Read a prepared dataset back: (items, {split: frame}, stats)."""
-    import json
-
-    directory = Path(directory)
-    stats_path = directory / "stats.json"
-    if not stats_path.is_file():
-        raise DataError(f"{directory} is not a prepared dataset (no stats.json); run `blade prepare` first")
-    items = pd.read_parquet(directory / "items.parquet")
-    splits = {name: pd.read_parquet(directory / f"{name}.parquet") for name in SPLITS}
-    for frame in splits.values():
-        frame["history"] = frame["history"].map(lambda h: [int(i) for i in h])
-    return items, splits, json.loads(stats_path.read_text())

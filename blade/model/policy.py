@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from blade.config import from_dict
 from blade.io import write_json
 from blade.model.codec import ItemCodec, tiny_tokenizer
+from blade.model.constraint import TrieTables, mask_list_logits_
 from blade.model.config import LoraOptions, PolicyConfig  # noqa: F401 — re-exported: the policy's config
 
 
@@ -35,6 +36,11 @@ class Policy:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the LM head: the width of every logits row the constraint masks."""
+        return self.model.get_output_embeddings().weight.shape[0]
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -68,7 +74,7 @@ class Policy:
         codec and resolved config, all in ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if _is_peft(self.model):
+        if is_peft(self.model):
             # Decided here, not by peft's "auto" (which reads the base config, from the hub for a
             # hub id, at every save): the base embeddings go into the adapter only when they were
             # resized (their new rows are random, so the base folder cannot restore them) and are
@@ -139,9 +145,7 @@ class Policy:
         target = ids[:, P:]
         mask = attn[:, P:].bool()
         if constrained:
-            from blade.sampling import mask_list_logits_  # the sampler's own mask (blade.sampling imports this module)
-
-            mask_list_logits_(self, logits, target, mask)
+            mask_list_logits_(TrieTables(self.codec, self.vocab_size, self.device), logits, target, mask)
         logp = -F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none").view(R, T)
         return logp * mask, mask
 
@@ -159,8 +163,13 @@ def _base_vocab_size(config: PolicyConfig) -> int:
     return AutoConfig.from_pretrained(config.path, trust_remote_code=False).get_text_config().vocab_size
 
 
-def _is_peft(model) -> bool:
+def is_peft(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def unwrap_peft(model):
+    """The base model under a LoRA (peft) wrapper; any other model as it is."""
+    return model.get_base_model() if is_peft(model) else model
 
 
 def _embedding_names(model) -> list[str]:

@@ -36,13 +36,6 @@ def run_fingerprint(config: Mapping[str, Any], inputs: Iterable[str | Path]) -> 
     return digest.hexdigest()
 
 
-def training_files(data_dir: str | Path) -> list[Path]:
-    """The prepared dataset's files a training run reads, for its fingerprint. Never test.parquet:
-    nothing written before the test evaluation may depend on test targets
-    (tests/test_protocol_honesty.py); nor stats.json, which also reports on the test split."""
-    return [Path(data_dir) / name for name in ("items.parquet", "train.parquet", "valid.parquet")]
-
-
 def resumable(directory: Path, config: Mapping[str, Any], inputs: Iterable[str | Path], procs) -> tuple[bool, str]:
     """(whether ``directory`` holds a checkpoint of this run, the run's fingerprint). A checkpoint
     of another run (other options or inputs, or one that recorded none) is removed by the main

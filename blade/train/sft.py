@@ -45,15 +45,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from blade.data.canonical import load_prepared
+from blade.data.prepared import PreparedData
 from blade.distributed import group
-from blade.experiment import EvalConfig
+from blade.eval.config import EvalConfig
+from blade.eval.selection import selection_slice, valid_metrics
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy, PolicyConfig
 from blade.seeding import seed_everything
-from blade.train.checkpoint import load_checkpoint, resumable, save_checkpoint, training_files
+from blade.train.checkpoint import load_checkpoint, resumable, save_checkpoint
 from blade.train.config import SFTConfig
-from blade.train.selection import selection_slice, valid_metrics
 
 
 def continuation_lists(train: pd.DataFrame, target_len: int) -> list[list[int]]:
@@ -178,20 +178,19 @@ def sft_loss(policy: Policy, prompts: list[list[int]], conts: list[list[int]], w
     return (w * nll * mask).sum() / denominator
 
 
-def train_sft(data_dir: str | Path, out_dir: str | Path, policy_cfg: PolicyConfig, cfg: SFTConfig, seed: int,
+def train_sft(data: PreparedData, out_dir: str | Path, policy_cfg: PolicyConfig, cfg: SFTConfig, seed: int,
               tracker=None, evaluation: EvalConfig | None = None) -> dict:
     """Train, select on valid, write the best policy to ``out_dir`` (resumes from ``out_dir/checkpoint``)."""
     out = Path(out_dir)
     ckpt, best_dir = out / "checkpoint", out / "best"
     seed_everything(seed)
     procs = group()  # one process, or this one's share of a data-parallel launch
-    items, splits, _ = load_prepared(data_dir)
-    train, valid = splits["train"], splits["valid"]
+    items, train, valid = data.items, data.train, data.valid
     evaluation = evaluation or EvalConfig()
     valid = selection_slice(valid, evaluation.selection_rows)
     run = {"sft": dataclasses.asdict(cfg), "evaluate": dataclasses.asdict(evaluation), "seed": seed,
            "policy": {k: v for k, v in dataclasses.asdict(policy_cfg).items() if k != "device"}}  # resumes on any device
-    resume, fingerprint = resumable(ckpt, run, training_files(data_dir), procs)
+    resume, fingerprint = resumable(ckpt, run, data.training_files, procs)
     policy = Policy.load(ckpt, policy_cfg.device) if resume else Policy.build(policy_cfg, items)
     add_dropout(policy.model, cfg.dropout)  # on both the fresh and the resumed model
     codec = policy.codec

@@ -25,7 +25,7 @@ rule rollout:
 
 rule align:
     """One method's alignment run under one reward setting: BLADE or a baseline, all through the same
-    loop; then, in the same process (blade/scoring.py), the selected policy's lists and metrics on
+    loop; then, in the same process (blade/eval/scoring.py), the selected policy's lists and metrics on
     every evaluation split and the test scores of its per-step snapshots (the §6.4 curve)."""
     input:
         sft="results/models/{dataset}/sft/seed{seed}/summary.json",

@@ -11,9 +11,14 @@ ANALYSIS = f"{sys.executable} -m analysis"
 # The config as Snakemake holds it (config.yaml plus any --configfile/--config); each module
 # resolves it with blade.experiment.resolve. As a param it also reruns the analysis when it changes.
 CONFIG_JSON = json.dumps(config, sort_keys=True, default=str)
+# A "{" inside a string (an evaluate.external path's {split}) would read as a wildcard in a param
+# string: written as the JSON escape \u007b, the same text to json.loads. Structural braces are
+# never followed by a name, so the pattern only meets braces inside strings.
+CONFIG_JSON = re.sub(r"\{(?=\s*[.\w])", r"\\u007b", CONFIG_JSON)
 ANALYSIS_SPLIT = analysis_split(EXP)  # test: model selection never reads it
 TABLES = "results/tables"
 TRAINED = ("sft", "blade", "variant", "baseline")
+EXTERNAL_ROWS = table_rows(EXP, roles=("external",), bon_ns=[])  # evaluate.external: scored, never trained here
 ALIGNED_ROWS = table_rows(EXP, roles=("blade", "variant", "baseline"), bon_ns=[])
 BLADE_ROWS = table_rows(EXP, roles=("blade",), bon_ns=[])
 BLADE_FAMILY = table_rows(EXP, roles=("blade", "variant"), bon_ns=[])
@@ -73,7 +78,7 @@ rule main_table:
 rule listwise:
     """Per reward setting × method: the targeted list metric and the accuracy paid, vs SFT (§6.2)."""
     input:
-        present(eval_files(EXP, table_rows(EXP, roles=TRAINED, bon_ns=[]), "metrics.json")),
+        present(eval_files(EXP, table_rows(EXP, roles=TRAINED, bon_ns=[]) + EXTERNAL_ROWS, "metrics.json")),
     output:
         csv=f"{TABLES}/listwise.csv",
         md=f"{TABLES}/listwise.md",
@@ -123,6 +128,7 @@ rule figures:
         curves=present(curve_files(DECAY_ROWS)),
         bon=present(eval_files(EXP, table_rows(EXP, roles=("bon", "oracle")), "metrics.json")),
         sampled=present(eval_files(EXP, table_rows(EXP, roles=TRAINED, bon_ns=[]), "metrics.json", sample=True)),
+        external=present(eval_files(EXP, EXTERNAL_ROWS, "metrics.json")),  # cost_quality: at cost, or "unknown"
     output:
         png=[report(f"results/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
              for name in FIGURES],

@@ -4,7 +4,7 @@
 # (evaluate.samples lists per row) in {split}/sample/. Best-of-N rows over π_ref (bon_n{N},
 # oracle_bon_n{N}) belong to a reward setting: it is what they pick the best list by.
 #
-# A trained row is scored by the job that trains it (rules sft and align: blade/scoring.py), so
+# A trained row is scored by the job that trains it (rules sft and align: blade/eval/scoring.py), so
 # the evaluation costs no extra interpreter start. The rules here score the rows nothing trains.
 
 
@@ -64,3 +64,30 @@ rule score_reference:
         "{params.blade} score --reference {wildcards.reference} --data {params.data} --root {params.root} "
         "--seed {wildcards.seed} --dataset {wildcards.dataset} --reward-setting {params.reward} "
         "--config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule score_external:
+    """A row made outside the suite (evaluate.external.NAME: another codebase's model), on one split
+    and seed: its recommendations file copied in as recs.jsonl — with its cost sidecar as cost.json
+    where one exists, else the row's cost is unknown — and scored by `blade evaluate`, like every row.
+    The file is no input (a missing one must fail this job, naming the config key, not refuse the
+    whole DAG); params.content, its sha256 and the sidecar's, reruns the job when either changes."""
+    input:
+        stats="results/data/{dataset}/stats.json",
+    output:
+        recs=f"results/eval/{{dataset}}/{NO_REWARD}/{{external}}/seed{{seed}}/{{split}}/recs.jsonl",
+        metrics=f"results/eval/{{dataset}}/{NO_REWARD}/{{external}}/seed{{seed}}/{{split}}/metrics.json",
+        per_user=f"results/eval/{{dataset}}/{NO_REWARD}/{{external}}/seed{{seed}}/{{split}}/per_user.parquet",
+    wildcard_constraints:
+        external=_alternatives(EXP.evaluate.external),
+    params:
+        source=external_file,
+        content=external_content,
+    log:
+        "results/logs/score_external/{dataset}/{external}/seed{seed}/{split}.log",
+    benchmark:
+        "results/benchmarks/score_external/{dataset}/{external}/seed{seed}/{split}.tsv"
+    threads: 1
+    run:
+        # a run block: the checks' errors reach Snakemake's own output, not only the log (common.smk)
+        score_external(wildcards, input, output, params, log[0])

@@ -1,6 +1,6 @@
 rule sft:
     """BIGRec-style supervised warm-up: the reference policy π_ref of every method; then the SFT
-    row's lists and metrics on every evaluation split, in the same process (blade/scoring.py)."""
+    row's lists and metrics on every evaluation split, in the same process (blade/eval/scoring.py)."""
     input:
         stats="results/data/{dataset}/stats.json",
     output:

@@ -200,7 +200,7 @@ class SASRecRecommender:
         self.log: list[dict] = []
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame, verbose: bool = True) -> dict:
-        from blade.train.selection import selection_slice
+        from blade.eval.selection import selection_slice
 
         cfg = self.cfg
         valid = selection_slice(valid, cfg.selection_rows)
