@@ -23,6 +23,8 @@ BON_KINDS = ("bon", "oracle_bon")
 # The reward-setting directory of rows trained under no reward setting (SFT, references, external rows).
 NO_REWARD = "none"
 EvalSplit = Literal["valid", "test"]
+# The keys of a row's cost.json (what one user's lists cost at inference; blade/eval/lists.py)
+COST_KEYS = ("samples_per_user", "tokens_per_user", "seconds_per_user")
 
 
 @dataclass

@@ -140,7 +140,7 @@ def external_content(wildcards):
     return " ".join(sha256_file(p) if os.path.isfile(p) else "absent" for p in (recs, ExternalRow.cost_path(recs)))
 
 
-COST_KEYS = ("samples_per_user", "tokens_per_user", "seconds_per_user")  # the suite's cost.json (blade/eval/lists.py)
+from blade.eval.config import COST_KEYS  # the suite's cost.json keys (blade/eval/lists.py)
 
 
 def score_external(wildcards, input, output, params, log):
