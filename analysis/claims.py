@@ -4,8 +4,15 @@ Every verdict is computed by a rule below — never typed by hand. α = 0.05. A 
 case (a dataset × reward setting), then overall: **reproduced** if every judged case is reproduced;
 **not reproduced** if no case is reproduced and at least one is not; otherwise **inconclusive**
 (mixed cases, or no case could be judged). "Pure-accuracy settings" are the reward settings whose
-only reward is ``ndcg``: the claims about accuracy (§6.1, 6.4, 6.5, 6.6) are judged there, since a
-list-wise setting trades NDCG for its list metric by design. Metric: NDCG@10 on the test split.
+rewards all score accuracy (``ndcg``, and ``future``: graded accuracy against the user's train
+future): the claims about accuracy (§6.1, 6.4, 6.5, 6.6) are judged there, since a list-wise
+setting trades NDCG for its list metric by design. Metric: NDCG@10 on the test split.
+
+Power. Every verdict that is not "reproduced" states its MDE: the smallest difference its paired
+comparison detects with 80% power at α 0.05 (two-sided, before Holm; per-user differences, seeds
+pooled by user as the test pools them; blade/power.py), in the metric's units. "Inconclusive, MDE
+0.0009" and "inconclusive, MDE 0.02" are different results. A rule that is not a test (§6.3's
+fall thresholds, §6.4's curve against a line) states why it has none.
 
 - §6.1 Main table (pure-accuracy settings). Best baseline = the equal-cost baseline (SFT,
   references, aligned non-BLADE methods: one greedy list per user, no ground truth) with the best
@@ -17,7 +24,10 @@ list-wise setting trades NDCG for its list metric by design. Metric: NDCG@10 on 
   than SFT's with Holm p < α AND BLADE's NDCG@10 loss vs SFT is at most that of every static
   method present (BOND, vBoN, ``estimator: static``). Not reproduced: a targeted metric is
   significantly worse than SFT's, or BLADE loses more NDCG@10 than every static method present.
-  Else inconclusive (also when no static method ran).
+  Else inconclusive (also when no static method ran). Own reward, a second case per setting: the
+  setting's weighted-sum reward per user on test (analysis/own_reward.py), the objective the runs
+  optimised. Reproduced: BLADE's is higher than SFT's and than every static method's, each with
+  Holm p < α; not reproduced: SFT or a static method is higher with Holm p < α; else inconclusive.
 - §6.3 Gradient decay (every setting). fall = 1 − (mean weight spread over the last 10% of
   steps) / (over the first 10%), on the seed-mean raw diagnostics. Reproduced: BLADE's fall < 10%
   and some static method's fall ≥ 20%. Not reproduced: BLADE's fall ≥ 20%, or every static
@@ -25,7 +35,11 @@ list-wise setting trades NDCG for its list metric by design. Metric: NDCG@10 on 
 - §6.4 Breaking the static upper bound (pure-accuracy settings). Line = Oracle BoN@N of π_ref
   (N = BLADE's N), mean over seeds. Reproduced: BLADE's seed-mean snapshot curve ends above the
   line. Not reproduced: it never rises above the line. Else inconclusive (above at some step, not at
-  the end).
+  the end). Training contexts, a second case per setting: on the contexts alignment trained on,
+  BLADE's mean sampled reward (``reward_mean``) against E[max of N π_ref rewards] on the same
+  contexts (``ref_bon_reward``: what the static target reaches, from the stored reference rollouts),
+  per step over the last 10% of steps, seeds pooled. Reproduced: the mean difference is > 0 with a
+  one-sample t-test p < α; not reproduced: < 0 with p < α; else inconclusive.
 - §6.5 Cost–quality (pure-accuracy settings). BLADE's single-sample quality (sampled decoding)
   against BoN@N of π_ref at BLADE's N (the inference-reward BoN, N lists per user), paired t-test
   on users pooled over seeds. Reproduced: BLADE's mean ≥ BoN@N's. Not reproduced: lower with
@@ -51,11 +65,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.common import (ALPHA, read_significance, BLADE, EXTERNAL, all_tables, blade_n, collect_metrics,
+from analysis.common import (ALPHA, accuracy_only, read_significance, BLADE, EXTERNAL, all_tables, blade_n, collect_metrics,
                              curve_path, equal_cost_methods, expected_rows, higher_is_better, is_static, list_k,
                              load_experiment, markdown, missing_note, parser, per_user_name, pooled_per_user,
                              read_diagnostics, run_cli, write_csv, write_markdown)
 from analysis.listwise import targets
+from blade.power import paired_mde
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 STATIC_FALL = 0.20    # a static method's spread must fall at least this much for decay to be shown
@@ -74,6 +89,18 @@ class Case:
     case: str
     verdict: str
     evidence: str
+    mde: str = ""  # the power of the verdict's comparison(s): shown wherever the verdict is not "reproduced"
+
+    @property
+    def shown(self) -> str:
+        """The verdict as claims.md prints it: with its MDE unless reproduced."""
+        return self.verdict if self.verdict == REPRODUCED or not self.mde else f"{self.verdict} (MDE {self.mde})"
+
+
+def _mde(value, unit: str = "") -> str:
+    """One MDE in the metric's units (``unit`` names what it measures where a case has several)."""
+    text = "n/a" if value is None or not np.isfinite(value) else f"{value:.4f}"
+    return f"{unit} {text}".strip()
 
 
 # ------------------------------------------------------------------------------------- rules
@@ -157,7 +184,7 @@ def overall(verdicts: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------------- evidence
 def pure_accuracy(exp, setting: str) -> bool:
-    return {n for n, w in exp.rewards[setting].weights.items() if w > 0} == {"ndcg"}
+    return accuracy_only(exp, setting)
 
 
 def _f(x: float, digits: int = 4) -> str:
@@ -209,7 +236,8 @@ def main_claim(results, exp, sig, split, missing) -> list[Case]:
               + (f"diff {test['diff']:+.4f} [95% CI {test['ci_low']:+.4f}, {test['ci_high']:+.4f}], "
                  f"d_z {test['d_z']:.3f}, Holm p {_p(p)}" if test is not None else "no test in significance.csv")
               + aside)
-        cases.append(Case("6.1", name, compare_verdict(means[BLADE], pool[best], p), ev))
+        cases.append(Case("6.1", name, compare_verdict(means[BLADE], pool[best], p), ev,
+                          _mde(test["mde"] if test is not None else None)))
     return cases
 
 
@@ -225,22 +253,57 @@ def listwise_claim(results, exp, sig, split, missing) -> list[Case]:
         if BLADE not in means or "sft" not in means:
             cases.append(Case("6.2", name, INCONCLUSIVE, "BLADE or SFT is missing"))
             continue
-        tests, parts = [], []
+        tests, parts, powers = [], [], []
         for target in targets(exp, setting, k):
             test = _test(sig, dataset, setting, "sft", per_user_name(target))
             if test is None:
                 parts.append(f"{target}: no test")
                 continue
             tests.append((test["better"], bool(test["significant"])))
+            powers.append(_mde(test.get("mde"), per_user_name(target)))
             parts.append(f"{per_user_name(target)} BLADE {_f(test['blade_mean'])} vs SFT {_f(test['baseline_mean'])} "
                          f"({'lower' if not higher_is_better(target) else 'higher'} is better; Holm p "
                          f"{_p(test['p_ttest_holm'])})")
         paid = {m: means["sft"] - v for m, v in means.items()}
-        statics = {m: paid[m] for m in exp.methods_for(setting) if is_static(m, exp) and m in paid}
+        static_methods = [m for m in exp.methods_for(setting) if is_static(m, exp)]
+        statics = {m: paid[m] for m in static_methods if m in paid}
         parts.append(f"NDCG@{k} lost vs SFT: BLADE {_f(paid[BLADE])}; static "
                      + (", ".join(f"{m} {_f(v)}" for m, v in statics.items()) or "none ran"))
-        cases.append(Case("6.2", name, listwise_verdict(tests, paid[BLADE], list(statics.values())), "; ".join(parts)))
+        cases.append(Case("6.2", name, listwise_verdict(tests, paid[BLADE], list(statics.values())), "; ".join(parts),
+                          ", ".join(powers) or "n/a (no test)"))
+        cases.append(own_reward_case(sig, dataset, setting, static_methods))
     return cases
+
+
+def own_reward_verdict(tests: Sequence[tuple[str, bool]]) -> str:
+    """``tests``: (better, significant) of BLADE's own reward vs SFT and each static method."""
+    if not tests:
+        return INCONCLUSIVE
+    if any(better == "baseline" and sig for better, sig in tests):
+        return NOT_REPRODUCED
+    return REPRODUCED if all(better == "blade" and sig for better, sig in tests) else INCONCLUSIVE
+
+
+def own_reward_case(sig, dataset: str, setting: str, static_methods: Sequence[str]) -> Case:
+    from analysis.own_reward import OWN_REWARD
+
+    name = f"{dataset} · {setting} · own reward"
+    tests, parts, powers = [], [], []
+    for other in ["sft", *static_methods]:
+        test = _test(sig, dataset, setting, other, OWN_REWARD)
+        if test is None:
+            parts.append(f"vs {other}: no test")
+            continue
+        tests.append((test["better"], bool(test["significant"])))
+        powers.append(_mde(test.get("mde"), f"vs {other}"))
+        parts.append(f"BLADE {_f(test['blade_mean'])} vs {other} {_f(test['baseline_mean'])} "
+                     f"(Holm p {_p(test['p_ttest_holm'])})")
+    if len(tests) < 1 + len(static_methods):  # a missing comparison cannot make the verdict reproduced
+        verdict = NOT_REPRODUCED if own_reward_verdict(tests) == NOT_REPRODUCED else INCONCLUSIVE
+    else:
+        verdict = own_reward_verdict(tests)
+    ev = f"the setting's weighted-sum reward on {setting!r}, per user: " + "; ".join(parts)
+    return Case("6.2", name, verdict, ev, ", ".join(powers) or "n/a (no test)")
 
 
 def decay_claim(results, exp, missing) -> list[Case]:
@@ -260,7 +323,8 @@ def decay_claim(results, exp, missing) -> list[Case]:
         if tied is not None:
             ev += f"; BLADE's groups with all-equal rewards: {_pct(tied)}"
         cases.append(Case("6.3", f"{dataset} · {setting}", decay_verdict(falls.get(BLADE, math.nan),
-                                                                         list(static.values())), ev))
+                                                                         list(static.values())), ev,
+                          "n/a: a threshold rule on the fall, not a test"))
     return cases
 
 
@@ -276,7 +340,8 @@ def bound_claim(results, exp, split, missing) -> list[Case]:
         if not pure_accuracy(exp, setting):
             continue
         line = _means(results, exp, dataset, setting, metric, split, missing).get(oracle, math.nan)
-        row = next((r for r in expected_rows(exp, dataset, setting, bon_ns=[]) if r.method == BLADE), None)
+        rows = {r.method: r for r in expected_rows(exp, dataset, setting, split)}
+        row = rows.get(BLADE)
         curves = []
         for seed in row.seeds if row else ():
             path = curve_path(results, row, seed)
@@ -287,8 +352,54 @@ def bound_claim(results, exp, split, missing) -> list[Case]:
         curve = pd.concat(curves).groupby("step")[metric].mean().sort_index() if curves else pd.Series(dtype=float)
         ev = (f"{oracle} {_f(line)}; BLADE test {metric} by step: "
               + (", ".join(f"{s}: {_f(v)}" for s, v in curve.items()) or "no curve"))
-        cases.append(Case("6.4", f"{dataset} · {setting}", bound_verdict(curve.tolist(), line), ev))
+        power = _oracle_mde(results, row, rows.get(oracle), split, metric)
+        cases.append(Case("6.4", f"{dataset} · {setting}", bound_verdict(curve.tolist(), line), ev,
+                          f"{_mde(power)} (BLADE's selected policy vs {oracle}, per user; the curve rule itself "
+                          "is not a test)"))
+        if row is not None:
+            cases.append(training_bound_case(results, exp, row, missing))
     return cases
+
+
+def _oracle_mde(results, blade, oracle, split: str, metric: str) -> float:
+    if blade is None or oracle is None:
+        return math.nan
+    a, _ = pooled_per_user(results, blade, split)
+    b, _ = pooled_per_user(results, oracle, split)
+    if a is None or b is None or metric not in a or metric not in b:
+        return math.nan
+    joined = pd.merge(a[[metric]], b[[metric]], left_index=True, right_index=True, suffixes=("", "_o"))
+    return paired_mde(joined[metric].to_numpy(float), joined[f"{metric}_o"].to_numpy(float))
+
+
+def training_verdict(diffs: Sequence[float]) -> tuple[str, float, float, float]:
+    """(verdict, mean difference, p, MDE) of a one-sample t-test of per-step ``reward_mean −
+    ref_bon_reward`` (the last 10% of steps, seeds pooled) against 0."""
+    from scipy import stats
+
+    d = np.asarray([x for x in diffs if np.isfinite(x)], dtype=float)
+    if len(d) < 2:
+        return INCONCLUSIVE, math.nan, math.nan, math.nan
+    p = float(stats.ttest_1samp(d, 0.0).pvalue) if d.std(ddof=1) > 0 else (0.0 if d.mean() != 0 else 1.0)
+    mean = float(d.mean())
+    verdict = REPRODUCED if p < ALPHA and mean > 0 else NOT_REPRODUCED if p < ALPHA and mean < 0 else INCONCLUSIVE
+    return verdict, mean, p, paired_mde(d)
+
+
+def training_bound_case(results, exp, row, missing) -> Case:
+    name = f"{row.dataset} · {row.setting} · training contexts"
+    diag = read_diagnostics(results, row, missing)
+    if not len(diag) or "ref_bon_reward" not in diag or "reward_mean" not in diag:
+        return Case("6.4", name, INCONCLUSIVE, "no reward_mean / ref_bon_reward diagnostics (a run from before "
+                                               "they were logged, or a missing run)", "n/a (no run)")
+    steps = np.sort(diag["step"].unique())
+    last = steps[-max(1, math.ceil(EDGE * len(steps))):]
+    tail = diag[diag["step"].isin(last)]
+    verdict, mean, p, power = training_verdict((tail["reward_mean"] - tail["ref_bon_reward"]).to_numpy(float))
+    ev = (f"last {len(last)} steps × {tail['seed'].nunique()} seeds: BLADE's sampled reward {_f(tail['reward_mean'].mean())} "
+          f"vs BoN@{blade_n(exp)} of π_ref on the same contexts {_f(tail['ref_bon_reward'].mean())} "
+          f"(diff {_f(mean)}, one-sample t p {_p(p)})")
+    return Case("6.4", name, verdict, ev, _mde(power))
 
 
 def cost_claim(results, exp, split, missing) -> list[Case]:
@@ -321,7 +432,8 @@ def cost_claim(results, exp, split, missing) -> list[Case]:
               f"(diff {test['diff']:+.4f}, p {_p(test['p_ttest'])}); BoN@N curve: "
               + ", ".join(f"N={m} {_f(curve.get(f'bon_n{m}', math.nan))}" for m in exp.evaluate.bon_n)
               + f"; one BLADE sample matches BoN@N up to N = {max(matched) if matched else 'none'}")
-        cases.append(Case("6.5", name, cost_verdict(test["blade_mean"], test["baseline_mean"], test["p_ttest"]), ev))
+        cases.append(Case("6.5", name, cost_verdict(test["blade_mean"], test["baseline_mean"], test["p_ttest"]), ev,
+                          _mde(test["mde"])))
     return cases
 
 
@@ -342,7 +454,7 @@ def ablation_claim(results, exp, sig, split, missing) -> list[Case]:
             ev = (f"BLADE {_f(test['blade_mean'])} vs {variant} {_f(test['baseline_mean'])}, "
                   f"d_z {test['d_z']:.3f}, Holm p {_p(test['p_ttest_holm'])}")
             cases.append(Case("6.6", name, compare_verdict(test["blade_mean"], test["baseline_mean"],
-                                                           test["p_ttest_holm"]), ev))
+                                                           test["p_ttest_holm"]), ev, _mde(test.get("mde"))))
     return cases
 
 
@@ -379,7 +491,7 @@ def to_markdown(cases: Sequence[Case], missing: Sequence[str], external: bool = 
         mine = [c for c in cases if c.claim == claim]
         out.append(f"## §{claim} {title} — {overall([c.verdict for c in mine])}\n")
         if mine:
-            out.append(markdown(["case", "verdict", "evidence"], [[c.case, c.verdict, c.evidence] for c in mine]))
+            out.append(markdown(["case", "verdict", "evidence"], [[c.case, c.shown, c.evidence] for c in mine]))
         else:
             out.append("No case to judge (no run of the kind this claim needs is in the config).\n")
     out += ["## Missing runs\n", missing_note(missing), "", "## Rules (analysis/claims.py)\n", rules_text, ""]
@@ -395,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cases, missing = claims(args.results, exp, read_significance(args.significance), args.split)
     write_markdown(f"{args.out}.md", to_markdown(cases, missing, external=bool(exp.evaluate.external)))
     write_csv(f"{args.out}.csv", pd.DataFrame([c.__dict__ for c in cases], columns=["claim", "case", "verdict",
-                                                                                     "evidence"]))
+                                                                                     "evidence", "mde"]))
     print(" ".join(f"§{c}: {v};" for c, v in verdicts(cases).items()) + f" {missing_note(missing)}")
 
 

@@ -25,6 +25,14 @@ from blade.errors import ConfigError, DataError
 from blade.experiment import ExperimentConfig, resolve
 
 ALPHA = 0.05
+# Rewards that score accuracy alone: a setting of only these is a pure-accuracy setting (the claims
+# about accuracy are judged there); `future` is graded accuracy against the user's own train future.
+ACCURACY_REWARDS = ("ndcg", "future")
+
+
+def accuracy_only(exp, setting: str) -> bool:
+    """Whether a reward setting's active rewards all score accuracy (:data:`ACCURACY_REWARDS`)."""
+    return {n for n, w in exp.rewards[setting].weights.items() if w > 0} <= set(ACCURACY_REWARDS)
 
 
 # ------------------------------------------------------------------------------------ the config

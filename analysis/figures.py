@@ -37,10 +37,11 @@ from analysis.common import (BLADE, EXTERNAL, all_tables, blade_n, collect_metri
 from analysis.rows import FIGURES  # noqa: E402
 
 DECAY = ["weight_spread", "grad_norm_align", "saturated_frac", "signal_std"]
-TRAINING = ["reward_mean", "kl"]
+TRAINING = ["reward_mean", "ref_bon_reward", "kl"]
 TITLES = {"weight_spread": "weight spread Σ|w−1/G|", "grad_norm_align": "‖∇ alignment term‖",
           "saturated_frac": "saturated fraction (F ≥ 0.99)", "signal_std": "signal std of (N−1)·log F",
-          "reward_mean": "training reward (mean)", "kl": "KL(π_θ ‖ π_ref), k3"}
+          "reward_mean": "training reward (mean)",
+          "ref_bon_reward": "BoN@N of π_ref on the step's contexts\n(the static target's reward)", "kl": "KL(π_θ ‖ π_ref), k3"}
 SMOOTH = 0.05
 
 
@@ -217,10 +218,28 @@ def _diagnostic_figure(results, exp, out, name, metrics, static_only, missing) -
                 _empty(ax, f"no {metric} logged")
             else:
                 _lines(ax, sub, colours)
+            if metric == "saturated_frac" and (note := saturation_note(exp)):
+                ax.text(0.02, 0.98, note, transform=ax.transAxes, fontsize=7, va="top", color="0.3", wrap=True)
             ax.set_title(f"{dataset} · {setting}\n{TITLES.get(metric, metric)}", fontsize=9)
             ax.set_xlabel("step")
             ax.set_ylabel("")
     return _save(fig, out, name)
+
+
+def saturation_note(exp) -> str:
+    """What the saturated-fraction panel cannot show: under the ``dp`` estimator BLADE's F of a
+    group's best rollout is capped at (κ0 + G − ½)/(κ0 + G) (blade/align/estimators.py); a cap
+    below the 0.99 threshold makes BLADE's saturated fraction 0 by construction."""
+    from blade.align.estimators import dp_saturation_cap
+
+    entry = exp.methods.get(BLADE, {})
+    if entry.get("estimator", "dp") != "dp" or "kappa0" not in entry:
+        return ""
+    cap = dp_saturation_cap(float(entry["kappa0"]), exp.align.group_size)
+    if cap >= 0.99:
+        return ""
+    return (f"BLADE (dp, κ0 {entry['kappa0']:g}, G {exp.align.group_size}): F ≤ {cap:.3f} < 0.99,\n"
+            "so its saturated fraction is 0 by construction")
 
 
 def static_bound(results, exp, out: Path, missing: list[str], split: str = "test") -> list[Path]:

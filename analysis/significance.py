@@ -9,6 +9,11 @@ For each comparison (BLADE vs one other row) and each per-user metric:
 - a paired sign-flip randomisation test of the mean difference (two-sided);
 - Holm correction (``statsmodels`` ``multipletests(method="holm")``) across the metrics of the
   comparison, for each test separately. ``significant`` reads the Holm-adjusted t-test p < 0.05.
+- ``mde``: the minimum detectable difference of that paired t-test at 80% power and α 0.05
+  (two-sided, before Holm; blade/power.py), in the metric's units: what a non-significant
+  difference could still hide.
+In a list-wise setting every comparison also tests ``own_reward``, the setting's weighted-sum
+reward per user (analysis/own_reward.py): the objective the runs were trained on.
 Pooled MGU/DGU are tested on their per-user variants (``mgu_pop_user@K``); catalogue-level numbers
 (coverage, Gini, entropy) have no per-user value and no test. Oracle BoN rows are not compared
 (they read the test target); of the BoN rows only BoN@N at BLADE's N is. External rows
@@ -31,12 +36,14 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from analysis.common import (ALPHA, BLADE, Row, all_tables, blade_n, expected_rows, higher_is_better, list_k,
-                             missing_note, parser, pooled_per_user, run_cli, write_csv)
+from analysis.common import (ALPHA, BLADE, Row, accuracy_only, all_tables, blade_n, expected_rows, higher_is_better,
+                             list_k, missing_note, parser, pooled_per_user, run_cli, write_csv)
+from analysis.own_reward import OWN_REWARD, OwnReward
+from blade.power import paired_mde
 
 RESAMPLES = 9999
 COLUMNS = ["dataset", "reward_setting", "split", "baseline", "role", "metric", "higher_is_better", "n_users",
-           "seeds_blade", "seeds_baseline", "blade_mean", "baseline_mean", "diff", "ci_low", "ci_high", "d_z",
+           "seeds_blade", "seeds_baseline", "blade_mean", "baseline_mean", "diff", "ci_low", "ci_high", "d_z", "mde",
            "t_stat", "p_ttest", "p_ttest_holm", "p_perm", "p_perm_holm", "significant", "better"]
 
 
@@ -46,7 +53,7 @@ def tested_metrics(exp, columns: Sequence[str]) -> list[str]:
     k = list_k(exp)
     names = [f"{m}@{c}" for c in exp.evaluate.ks for m in ("recall", "ndcg")]
     names += [f"{m}_{by}_user@{k}" for by in ("pop", "genre") for m in ("mgu", "dgu")]
-    names += [f"ild@{k}", f"tail_share@{k}"]
+    names += [f"ild@{k}", f"tail_share@{k}", OWN_REWARD]
     return [n for n in names if n in columns]
 
 
@@ -104,6 +111,7 @@ def paired_tests(blade: pd.DataFrame, other: pd.DataFrame, metrics: Sequence[str
                 "blade_mean": float(x.mean()) if len(x) else np.nan,
                 "baseline_mean": float(y.mean()) if len(y) else np.nan, "diff": float(d.mean()) if len(d) else np.nan}
         line.update(_t_test(x, y, d))
+        line["mde"] = paired_mde(d)  # NaN below 2 pairs
         line["p_perm"] = float(p_perm[j]) if len(d) >= 2 else np.nan
         lines.append(line)
     out = pd.DataFrame(lines)
@@ -138,18 +146,29 @@ def compare_rows(results, blade: Row, others: Sequence[Row], split: str, exp, re
     base, n_blade = pooled_per_user(results, blade, split, sample, missing)
     if base is None:
         return pd.DataFrame(columns=COLUMNS)
+    own = None if sample or accuracy_only(exp, blade.setting) else OwnReward(results, exp, blade.dataset,
+                                                                               blade.setting, split)
+    if own is not None:
+        base = _with_own(base, own, results, blade)
     metrics = tested_metrics(exp, base.columns)
     parts = []
     for other in others:
         frame, n_other = pooled_per_user(results, other, split, sample, missing)
         if frame is None:
             continue
+        if own is not None:
+            frame = _with_own(frame, own, results, other)
         key = zlib.crc32(f"{blade.dataset}|{blade.setting}|{other.method}|{split}".encode())
         tests = paired_tests(base, frame, [m for m in metrics if m in frame.columns], resamples,
                              np.random.default_rng([key]))
         parts.append(tests.assign(dataset=blade.dataset, reward_setting=blade.setting, split=split,
                                   baseline=other.method, role=other.role, seeds_blade=n_blade, seeds_baseline=n_other))
     return pd.concat(parts, ignore_index=True)[COLUMNS] if parts else pd.DataFrame(columns=COLUMNS)
+
+
+def _with_own(frame: pd.DataFrame, own: OwnReward, results, row: Row) -> pd.DataFrame:
+    values = own.pooled(results, row, frame.index)
+    return frame if values is None else frame.assign(**{OWN_REWARD: values})
 
 
 def significance(results, exp, split: str = "test", resamples: int = RESAMPLES) -> tuple[pd.DataFrame, list[str]]:

@@ -41,7 +41,9 @@ class RunConfig:
                                               "trained under each")
 
     sweep: list[str] = option([], help="more entries of `methods` (e.g. BLADE variants: the §6.6 ablation sweep), "
-                                       "trained under the first reward setting only")
+                                       "trained under the first reward setting and those of sweep_rewards")
+    sweep_rewards: list[str] = option([], help="more reward settings (entries of run.rewards) the sweep also runs "
+                                               "under, e.g. the graded accuracy setting")
     processes: int = option(1, help="data-parallel processes per SFT and alignment job (accelerate launch; one per "
                                     "GPU, blade/distributed.py); 1 = one plain process")
     tracking_uri: str = option("", help="MLflow tracking URI every job logs to (e.g. http://host:5000, a shared "
@@ -86,8 +88,8 @@ class ExperimentConfig:
         return list(dict.fromkeys([*self.run.methods, *self.run.sweep]))
 
     def methods_for(self, setting: str) -> list[str]:
-        """The aligned methods trained under a reward setting (the sweep: under the first only)."""
-        if setting == self.run.rewards[0]:
+        """The aligned methods trained under a reward setting (the sweep: under the first and run.sweep_rewards)."""
+        if setting == self.run.rewards[0] or setting in self.run.sweep_rewards:
             return self.aligned
         return list(self.run.methods)
 
@@ -143,6 +145,9 @@ def _check_names(exp: ExperimentConfig) -> None:
         for name in defined:
             if not _NAME.match(name):
                 raise ConfigError(f"{key}.{name}: a name may hold letters, digits and _ + . - (it names directories)")
+    for name in exp.run.sweep_rewards:
+        if name not in exp.run.rewards:
+            raise ConfigError(f"run.sweep_rewards names '{name}', which is not in run.rewards: {exp.run.rewards}")
     for name in exp.run.sweep:
         if name not in exp.methods:
             raise ConfigError(f"run.sweep names '{name}', which is not defined under methods: {sorted(exp.methods)}")

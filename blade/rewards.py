@@ -12,6 +12,13 @@ slot (``-1``, an unknown id, a repeat) scores 0 for that slot in every reward an
 Built-in rewards (names are the ``weights`` keys):
 
 - ``ndcg``: NDCG@K against the context's ground-truth next item (:func:`blade.metrics.ndcg_at_k`).
+- ``future``: graded NDCG@K against the context's own future: its target (gain 1), then the same
+  user's next distinct *train* targets (gain 1/(1+j) for the j-th, j < ``future_len``;
+  :func:`blade.data.continuation.continuation_lists`, the lists SFT's ``target_len`` reads),
+  normalised by the ideal DCG of those gains. Only train contexts have a known future, and only
+  when the caller passes their train row ids (``rows``: alignment and the reference rollouts do);
+  elsewhere — valid and test rows, whose futures would be later splits — it reads the target alone
+  and equals ``ndcg``. It grades near misses that ``ndcg`` scores 0, so fewer groups tie.
 - ``relevance``: DCG of a train-only reward model's scores of the list's items divided by the
   ideal DCG of that model's own top-K for the history (:class:`RelevanceModel`; default model
   :class:`blade.reference.CoOccurrence`). The ratio is 1 exactly for the model's own top-K list
@@ -294,6 +301,7 @@ class RewardBatch:
     targets: np.ndarray | None          # (R,) ground-truth next items; None at inference time
     lists: np.ndarray                   # (R, K) recommended item ids, -1 = empty slot
     idx: np.ndarray                     # (R, K) catalogue row of each slot, -1 = invalid slot
+    rows: np.ndarray | None = None      # (R,) train row of each context, where the caller knows it
 
 
 RewardFn = Callable[[RewardBatch, "ListReward"], np.ndarray]
@@ -319,6 +327,27 @@ def _ndcg(batch: RewardBatch, env: ListReward) -> np.ndarray:
     return ndcg_reward(batch.lists, batch.targets, env.catalogue)
 
 
+def future_reward(lists: np.ndarray, idx: np.ndarray, futures: Sequence[Sequence[int]], future_len: int) -> np.ndarray:
+    """(R,) graded NDCG of each list (R, K) against its future (target first): the j-th distinct
+    future item has gain 1/(1+j) (j < ``future_len``); ``idx`` (R, K) marks invalid slots (-1),
+    which score 0. With a one-item future this is :func:`ndcg_reward`."""
+    lists = np.asarray(lists, dtype=np.int64)
+    R, K = lists.shape
+    width = max(1, min(future_len, max((len(f) for f in futures), default=1)))
+    fut = np.full((R, width), -2, dtype=np.int64)  # -2 never matches a slot (invalid slots are >= -1)
+    for i, f in enumerate(futures):
+        f = list(dict.fromkeys(f))[:width]
+        fut[i, :len(f)] = f
+    gains = 1.0 / (1.0 + np.arange(width))                                  # (width,)
+    hit = (lists[:, :, None] == fut[:, None, :]) & (idx >= 0)[:, :, None]  # (R, K, width)
+    disc = _discounts(K)
+    dcg = (hit * gains).sum(2) @ disc                                       # (R,)
+    n_known = (fut >= 0).sum(1)                                             # (R,) >= 1
+    ideal_gain = np.where(np.arange(width)[None, :] < n_known[:, None], gains[None, :], 0.0)[:, :min(K, width)]
+    ideal = ideal_gain @ disc[:min(K, width)]
+    return np.clip(dcg / ideal, 0.0, 1.0)
+
+
 @register_reward("relevance")
 def _relevance(batch: RewardBatch, env: ListReward) -> np.ndarray:
     return env.relevance_model.score_lists(batch.histories, batch.lists)
@@ -334,6 +363,20 @@ def _diversity(batch: RewardBatch, env: ListReward) -> np.ndarray:
     return diversity_reward(batch.lists, env.catalogue, env.distance)
 
 
+@register_reward("future")
+def _future(batch: RewardBatch, env: ListReward) -> np.ndarray:
+    if batch.targets is None:
+        raise ValueError("the 'future' reward needs the ground-truth targets; give it weight 0 at inference time")
+    if batch.rows is None:  # not train contexts: the target alone
+        futures = [[int(t)] for t in batch.targets]
+    else:
+        known = env.futures
+        futures = [known[r] for r in batch.rows]
+        if any(f[0] != t for f, t in zip(futures, batch.targets)):
+            raise ValueError("the 'future' reward got train row ids whose targets are not the contexts' targets")
+    return future_reward(batch.lists, batch.idx, futures, env.config.future_len)
+
+
 # ---------------------------------------------------------------- config and combination
 def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
     if value not in valid:
@@ -346,7 +389,7 @@ class RewardConfig:
 
     weights: dict[str, float] = option(
         {"ndcg": 1.0},
-        help="reward name -> weight; r = Σ weight·reward. Names: ndcg, relevance, fairness, diversity "
+        help="reward name -> weight; r = Σ weight·reward. Names: ndcg, future, relevance, fairness, diversity "
         "(plus any registered with register_reward). Weights >= 0, at least one > 0; 0 = not computed",
     )
     fairness_by: FairnessBy = option(
@@ -367,6 +410,9 @@ class RewardConfig:
         64, help="'cooccurrence' diversity: rank of the SVD item embeddings (exact cosines when >= the catalogue size)")
     cooccurrence_decay: float = option(
         0.7, help="relevance model: weight decay^age of each history item (age 0 = most recent), in [0, 1]")
+    future_len: int = option(
+        5, help="'future' reward: the target and the user's next future_len − 1 distinct train targets are graded "
+                "(gain 1/(1+j)); 1 = plain ndcg")
 
     def __post_init__(self) -> None:
         for name, weight in self.weights.items():
@@ -383,6 +429,8 @@ class RewardConfig:
         _choice(self.diversity_by, DIVERSITY_BY, "diversity_by")
         if self.diversity_dim < 1:
             raise ConfigError(f"diversity_dim must be >= 1, got {self.diversity_dim}")
+        if not isinstance(self.future_len, int) or self.future_len < 1:
+            raise ConfigError(f"future_len must be an integer >= 1, got {self.future_len!r}")
         if not 0.0 <= self.cooccurrence_decay <= 1.0:
             raise ConfigError(f"cooccurrence_decay must lie in [0, 1], got {self.cooccurrence_decay}")
 
@@ -410,6 +458,8 @@ class ListReward:
             if config.fairness_by == "genre" and list(stats["genres"]["names"]) != self.catalogue.genre_names:
                 raise DataError("stats.json genres.names differ from the genres in items.parquet; "
                                 "re-run `blade prepare`")
+        if "future" in active:
+            self.futures  # noqa: B018
         if "relevance" in active:
             self.relevance_model  # noqa: B018 — build now, not inside the first training step
         if "diversity" in active:
@@ -419,6 +469,13 @@ class ListReward:
     def cooccurrence(self) -> CoOccurrence:
         """Item-item co-occurrence fitted on the train split (shared by relevance and diversity)."""
         return CoOccurrence(self.train, self.catalogue.item_ids, decay=self.config.cooccurrence_decay)
+
+    @cached_property
+    def futures(self) -> list[list[int]]:
+        """Each train row's target then its user's next distinct train targets (``future`` reward)."""
+        from blade.data.continuation import continuation_lists
+
+        return continuation_lists(self.train, self.config.future_len)
 
     @cached_property
     def relevance_model(self) -> RelevanceModel:
@@ -437,7 +494,9 @@ class ListReward:
                              embedding=self.embedding if by == "cooccurrence" else None)
 
     def __call__(self, histories: Sequence[Sequence[int]], targets: np.ndarray | None,
-                 lists: np.ndarray) -> dict[str, np.ndarray]:
+                 lists: np.ndarray, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``rows``: the train row of each context, when the contexts are train rows (a reward that
+        reads a context's train future needs it; the others ignore it)."""
         lists = np.asarray(lists, dtype=np.int64)
         if lists.ndim != 2 or lists.shape[1] < 1:
             raise ValueError(f"lists must be (R, K) with K >= 1, got shape {lists.shape}")
@@ -448,7 +507,11 @@ class ListReward:
             targets = np.asarray(targets, dtype=np.int64)
             if targets.shape != (R,):
                 raise ValueError(f"targets must be (R,) = ({R},), got {targets.shape}")
-        batch = RewardBatch(histories, targets, lists, _valid_index(lists, self.catalogue))
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            if rows.shape != (R,) or (len(rows) and (rows.min() < 0 or rows.max() >= len(self.train))):
+                raise ValueError(f"rows must be (R,) = ({R},) train row ids in [0, {len(self.train)})")
+        batch = RewardBatch(histories, targets, lists, _valid_index(lists, self.catalogue), rows)
         out: dict[str, np.ndarray] = {}
         total = np.zeros(R)
         for name, weight in self.config.active.items():

@@ -118,19 +118,24 @@ def align(raw: Mapping[str, Any], data: str, sft_dir: str, rollouts: str, out: s
                                                   seed, t, device, cfg["evaluate"]),
                         artifacts=(f"{out}/diagnostics.parquet", f"{out}/valid_curve.parquet"))
     if _main():
-        _score_aligned(out, prepared, cfg["evaluate"], seed, dataset, method, reward_name, device, eval_root, curve)
+        # the step the row's policy was selected at (0 = the SFT start kept) and the selection's resolution
+        selection = {"selection/step": summary.get("best_step"), "selection/mde": summary.get("selection/mde"),
+                     "selection/rows": summary.get("selection/rows")}
+        _score_aligned(out, prepared, cfg["evaluate"], seed, dataset, method, reward_name, device, eval_root, curve,
+                       selection)
     return summary
 
 
 def _score_aligned(out: str, data: PreparedData, evaluation: EvalConfig, seed: int, dataset: str, method: str,
-                   reward_name: str | None, device: str | None, eval_root: str | None, curve: str | None) -> None:
+                   reward_name: str | None, device: str | None, eval_root: str | None, curve: str | None,
+                   selection: dict | None = None) -> None:
     from blade.eval.scoring import score_row, snapshot_curve
     from blade.io import write_parquet
     from blade.model.policy import Policy
 
     if eval_root:
         score_row(eval_root, data, evaluation, seed, dataset, method, reward_name,
-                  policy=Policy.load(f"{out}/best", device))
+                  policy=Policy.load(f"{out}/best", device), extra=selection)
     if curve:
         write_parquet(curve, snapshot_curve(out, data, evaluation.table_split, evaluation, device))
 

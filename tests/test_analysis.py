@@ -38,6 +38,7 @@ QUALITY = {"sft": 0.30, "mostpop": 0.10, "cooc": 0.35, "blade": 0.55, "blade_sta
            "bon_n8": 0.45, "oracle_bon_n1": 0.30, "oracle_bon_n8": 0.95}
 MGU = {"sft": 0.20, "mostpop": 0.50, "cooc": 0.25, "blade": 0.12, "blade_static": 0.18, "bon_n1": 0.2,
        "bon_n8": 0.21, "oracle_bon_n1": 0.2, "oracle_bon_n8": 0.22}
+SELECTED = {"blade": [20, 0], "blade_static": [0, 0]}  # the valid-selected step of each seed
 USER = np.random.default_rng(123).normal(0, 0.1, U)  # a per-user effect shared by every row (pairing matters)
 
 
@@ -69,7 +70,7 @@ def pooled(method: str, seed: int) -> dict[str, float]:
 
 
 def write_eval(root: Path, directory: str, method: str, seed: int, frame: pd.DataFrame, cost: float | None,
-               sample: bool = False) -> None:
+               sample: bool = False, extra: dict | None = None) -> None:
     out = root / "eval" / "fake" / directory / method / f"seed{seed}" / "test" / ("sample" if sample else "")
     out.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out / "per_user.parquet", index=False)
@@ -78,7 +79,7 @@ def write_eval(root: Path, directory: str, method: str, seed: int, frame: pd.Dat
     if cost is not None:
         metrics.update({"cost/samples_per_user": cost, "cost/tokens_per_user": 10 * cost,
                         "cost/seconds_per_user": 0.01})
-    (out / "metrics.json").write_text(json.dumps({"split": "test", "n_rows": U, **metrics}))
+    (out / "metrics.json").write_text(json.dumps({"split": "test", "n_rows": U, **metrics, **(extra or {})}))
 
 
 def sampled_blade(seed: int) -> pd.DataFrame:
@@ -105,7 +106,8 @@ def build_tree(root: Path) -> Path:
         write_eval(root, "none", "sft", seed, per_user("sft", seed), 1.0)
         write_eval(root, "none", "sft", seed, per_user("sft", seed), 1.0, sample=True)
         for method in ("blade", "blade_static"):
-            write_eval(root, "ndcg", method, seed, per_user(method, seed), 1.0)
+            write_eval(root, "ndcg", method, seed, per_user(method, seed), 1.0,
+                       extra={"selection/step": SELECTED[method][seed], "selection/mde": 0.01})
             write_eval(root, "ndcg", method, seed, sampled_blade(seed) if method == "blade"
                        else per_user(method, seed), 1.0, sample=True)
             run = root / "models" / "fake" / "ndcg" / method / f"seed{seed}"
@@ -115,6 +117,7 @@ def build_tree(root: Path) -> Path:
             pd.DataFrame({"step": steps, "loss": 1 / steps, "grad_norm": s, "grad_norm_align": 0.5 * s,
                           "weight_spread": s, "ess": 8 - s, "saturated_frac": 1 - s, "signal_std": 2 * s,
                           "kl": 0.01 * steps, "reward_mean": 0.3 + 0.001 * steps,
+                          "ref_bon_reward": 0.4 + 0.002 * np.sin(steps),  # above BLADE's training reward
                           "tied_frac": (0.2 + 0.1 * seed) if method == "blade" else 0.9}
                          ).to_parquet(run / "diagnostics.parquet")
             (run / "align_config.json").write_text(json.dumps({"method": exp.methods[method],
@@ -234,6 +237,10 @@ def test_main_table_rows_columns_and_values(tree, exp, sig):
     assert "ndcg@10" in marked and "coverage@10" not in marked and frame.loc["sft", "marked"] == ""
     md = main_table.to_markdown(tables, "test")
     assert "**0.5" in md and "†" in md and "Missing: none" in md
+    # the selected-step column: mean over seeds, and how many seeds kept the SFT start
+    assert frame.loc["blade", "selected_step"] == 10 and frame.loc["blade", "seeds_at_start"] == 1
+    assert "| 10 (1/2 at 0) |" in md and "| 0 (2/2 at 0) |" in md and "selected step" in md
+    assert math.isnan(frame.loc["sft", "selected_step"])
     assert "\\textbf{" in main_table.to_latex(tables, "test")
 
 
@@ -253,6 +260,11 @@ def test_claims_decided_by_the_rules(tree, exp, sig):
     assert missing == []
     assert verdict["6.1"] == "reproduced"        # BLADE ≫ cooc (best baseline) on NDCG@10
     assert verdict["6.4"] == "not reproduced"    # BLADE's curve ends at 0.6, Oracle BoN@8 is 0.95
+    training = next(c for c in cases if c.case.endswith("training contexts"))
+    assert training.verdict == "not reproduced"  # reward_mean 0.35 at the end < ref_bon_reward 0.4
+    diffs = [0.3 + 0.001 * t - 0.4 - 0.002 * np.sin(t) for t in range(46, 51) for _ in (0, 1)]
+    assert f"diff {np.mean(diffs):.4f}" in training.evidence
+    assert training.mde == f"{claims.paired_mde(np.array(diffs)):.4f}" and "(MDE " in training.shown
     assert verdict["6.5"] == "inconclusive"      # one sample a hair below BoN@8, far from significant
     assert verdict["6.3"] == "reproduced"        # static spread falls ~65%, BLADE's ~0%
     decay = [c for c in cases if c.claim == "6.3"]
@@ -261,6 +273,13 @@ def test_claims_decided_by_the_rules(tree, exp, sig):
     assert verdict["6.2"] == "inconclusive"      # no list-wise setting was run
     md = claims.to_markdown(cases, missing)
     assert "| §6.1 |" in md and "STATIC_FALL" not in md and "Rules" in md and "fall" in md
+    # every verdict that is not "reproduced" carries its MDE; a reproduced one does not need it
+    for case in cases:
+        assert ("(MDE " in case.shown) == (case.verdict != "reproduced"), case
+    cost = next(c for c in cases if c.claim == "6.5")
+    d = sampled_blade(0)["ndcg@10"].to_numpy() - per_user("bon_n8", 0)["ndcg@10"].to_numpy()  # both seeds alike
+    assert cost.mde == f"{claims.paired_mde(d):.4f}"
+    assert f"inconclusive (MDE {cost.mde})" in md
 
 
 def test_claim_rules_on_crafted_numbers():
@@ -288,6 +307,12 @@ def test_claim_rules_on_crafted_numbers():
     assert claims.overall(["not reproduced", "inconclusive"]) == "not reproduced"
     assert claims.overall(["reproduced", "not reproduced"]) == "inconclusive"
     assert claims.overall([]) == "inconclusive"
+    assert claims.own_reward_verdict([("blade", True), ("blade", True)]) == "reproduced"
+    assert claims.own_reward_verdict([("blade", True), ("baseline", True)]) == "not reproduced"
+    assert claims.own_reward_verdict([("blade", True), ("blade", False)]) == "inconclusive"
+    assert claims.training_verdict([0.1, 0.12, 0.11, 0.09])[0] == "reproduced"
+    assert claims.training_verdict([-0.1, -0.12, -0.11, -0.09])[0] == "not reproduced"
+    assert claims.training_verdict([0.1, -0.1, 0.05, -0.06])[0] == "inconclusive"
 
 
 # ------------------------------------------------------------------------ listwise, ablation

@@ -47,7 +47,7 @@ class AlignConfig:
     grad_clip: float = option(1.0, help="max gradient norm")
     temperature: float = option(1.0, help="rollout sampling temperature (> 0)")
     top_p: float = option(1.0, help="rollout nucleus threshold in (0, 1]")
-    eval_every: int = option(20, help="steps between valid evaluations, snapshots and checkpoints")
+    eval_every: int = option(10, help="steps between valid evaluations (selection candidates), snapshots and checkpoints")
     select_metric: str = option("reward", help="what picks the best step on valid: 'reward' (the valid mean of the "
                                                "run's own reward setting on greedy lists) or recall@N / ndcg@N")
     batch_size: int = option(512, help="lists per sampler batch")

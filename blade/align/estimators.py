@@ -162,6 +162,36 @@ def mid_rank_mass(t: np.ndarray, values: np.ndarray, weights: np.ndarray) -> np.
     return (below * weights[:, None, :]).sum(-1)
 
 
+def expected_best_of(ref: np.ndarray, ref_mask: np.ndarray, n: int) -> np.ndarray:
+    """(B,) E[max of n iid draws] of each context's reward under π_ref, estimated without bias from
+    its M stored rewards (the U-statistic of the order statistics: with r_(1) <= … <= r_(M), weight
+    C(i−1, n−1)/C(M, n) on r_(i)); n > M uses n = M. The reward the static BoN@n target reaches on
+    these contexts — what static alignment is capped at (docs/method.md §6.4). ref/ref_mask (B, M)."""
+    m = ref_mask.sum(1)                                                        # (B,)
+    srt = np.sort(np.where(ref_mask, ref, np.inf), axis=1)                     # (B, M) ascending, padding last
+    i = np.arange(1, ref.shape[1] + 1)[None, :]                                # (1, M) ranks
+    k = np.minimum(n, m)[:, None]                                              # (B, 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        logw = (_log_comb(i - 1, k - 1) - _log_comb(m[:, None], k))
+    w = np.where((i <= m[:, None]) & (i >= k), np.exp(logw), 0.0)            # (B, M), rows sum to 1
+    return (np.where(np.isfinite(srt), srt, 0.0) * w).sum(1)
+
+
+def _log_comb(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.special import gammaln
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return gammaln(a + 1) - gammaln(b + 1) - gammaln(np.maximum(a - b, 0) + 1)
+
+
+def dp_saturation_cap(kappa0: float, group: int) -> float:
+    """The largest ``F`` the ``dp`` estimator gives a group's best rollout with no earlier evidence:
+    ``(κ0 + G − ½)/(κ0 + G)`` (the prior's CDF at most 1, the rollout counting half of itself). With
+    κ0 4 and G 8 it is 11.5/12 ≈ 0.958, below the 0.99 of ``saturated_frac``: BLADE's saturated
+    fraction is 0 by construction there, not by measurement (the figures say so)."""
+    return 1.0 if math.isinf(kappa0) else (kappa0 + group - 0.5) / (kappa0 + group)
+
+
 def ref_cdf(t: np.ndarray, ref: np.ndarray, ref_mask: np.ndarray) -> np.ndarray:
     """Smoothed mid-rank empirical CDF of the reference (docs/method.md (2.2)):
     ``F̂(t) = (1 + #{j: r_j < t} + ½·#{j: r_j = t}) / (M + 1)``, in ``[1/(M+1), 1]``.

@@ -11,8 +11,10 @@ Every step's diagnostics (the Objective's — weight spread, ESS, saturated frac
 rewards — plus the gradient norms of the whole loss and of the alignment term alone, and the time
 split rollout/score/update) go to MLflow and to
 ``diagnostics.parquet``: the data of the gradient-decay curves. Every ``eval_every`` steps the
-greedy lists of a fixed valid slice are scored; the best valid policy (the SFT start included, so
-alignment that hurts is visible and never selected) is kept in ``best/``, and every evaluated policy
+greedy lists of alignment's own valid rows are scored — disjoint from the rows SFT early-stopped on
+(blade/eval/selection.py), with each step's minimum detectable difference from the start
+(``valid/mde``); the best valid policy (the SFT start included, so alignment that hurts is visible
+and never selected) is kept in ``best/``, and every evaluated policy
 in ``snapshots/step{S:06d}/`` (for test-vs-step curves scored after training; selection never reads
 them). A checkpoint at each evaluation makes a killed run resume: contexts and sampling seeds are
 functions of ``[seed, step]`` (a snapshot written before a kill is rewritten identically).
@@ -32,13 +34,13 @@ from tqdm import tqdm
 
 from blade.align.objective import RolloutBatch
 from blade.align.registry import Method
-from blade.align.estimators import RefPrior
+from blade.align.estimators import RefPrior, expected_best_of
 from blade.align.rollout import check_rollout_reward, sample_groups
 from blade.align.config import AlignConfig
 from blade.data.prepared import PreparedData
 from blade.distributed import group
 from blade.eval.config import EvalConfig
-from blade.eval.selection import selection_slice, valid_metrics
+from blade.eval.selection import alignment_slice, paired_mde, valid_scores
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy
 from blade.rewards import ListReward, RewardConfig
@@ -63,7 +65,8 @@ def align(data: PreparedData, sft_dir: str | Path, rollouts: str | Path, out_dir
     procs = group()  # one process, or this one's share of a data-parallel launch
     train, valid = data.train, data.valid
     evaluation = evaluation or EvalConfig()
-    valid = selection_slice(valid, evaluation.selection_rows)  # the same fixed slice SFT selects on
+    # valid rows disjoint from SFT's early-stopping rows: no winner's curse towards the SFT start
+    valid = alignment_slice(valid, evaluation.selection_rows, evaluation.align_selection_rows)
     reward = ListReward(reward_cfg, data.items, train, data.stats)
     ref_frame = pd.read_parquet(rollouts)
     check_rollout_reward(ref_frame, reward_cfg, rollouts)
@@ -99,6 +102,7 @@ def align(data: PreparedData, sft_dir: str | Path, rollouts: str | Path, out_dir
     else:  # step 0 = the SFT start: the baseline every later valid score is compared with
         _evaluate(policy, valid, cfg, evaluation, reward, state, 0, best_dir, tracker)
     histories, targets = train["history"].tolist(), train["target"].to_numpy()
+    bon_n = method.as_dict().get("n")  # a BoN-family method's N; None for the others
     B = cfg.contexts_per_step
     bar = tqdm(range(state["step"], cfg.steps), desc=f"align {method.objective}", mininterval=5)
     for step in bar:
@@ -106,6 +110,8 @@ def align(data: PreparedData, sft_dir: str | Path, rollouts: str | Path, out_dir
         gen = torch_generator(policy.device, seed, step, 1)
         row = alignment_step(policy, ref, objective, reward, opt, params, cfg, rows, histories, targets, step, gen,
                              stored, anchor)
+        if bon_n:  # what the static BoN@N target reaches on this step's contexts (the §6.4 training-context line)
+            row["ref_bon_reward"] = float(expected_best_of(*prior.rewards(rows), bon_n).mean())
         state["log"].append(row)
         if tracker:
             tracker.log_metrics({f"align/{k}": v for k, v in row.items() if k != "step"}, step=step + 1)
@@ -124,8 +130,12 @@ def align(data: PreparedData, sft_dir: str | Path, rollouts: str | Path, out_dir
     write_json(out / "align_config.json", {"align": dataclasses.asdict(cfg), "reward": dataclasses.asdict(reward_cfg),
                                            "evaluate": dataclasses.asdict(evaluation), "method": method.as_dict(), "seed": seed})
     start = state["valid"][0][f"valid/{cfg.select_metric}"]
+    mdes = [r["valid/mde"] for r in state["valid"][1:] if np.isfinite(r["valid/mde"])]
     return {"best_step": state["best_step"], f"valid/{cfg.select_metric}": state["best"],
-            f"valid/{cfg.select_metric}/start": start, "steps": state["step"]}
+            f"valid/{cfg.select_metric}/start": start, "steps": state["step"], "selection/rows": len(valid),
+            # the selection's resolution: the median over candidate steps of the difference from the start
+            # a paired test on these rows detects with 80% power (α 0.05), in select_metric's units
+            "selection/mde": float(np.median(mdes)) if mdes else float("nan")}
 
 
 def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, opt: torch.optim.Optimizer,
@@ -154,7 +164,7 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
         group().check_same("rollout lists", lists.items.numpy())  # data-parallel: one batch in every process
         t_rollout = lap()
         ctx = np.repeat(rows, G)
-        scores = reward([histories[r] for r in ctx], targets[ctx], lists.items.numpy())
+        scores = reward([histories[r] for r in ctx], targets[ctx], lists.items.numpy(), rows=ctx)
         conts = [tok[m].tolist() for tok, m in zip(lists.tokens, lists.mask)]
         invalid = lists.invalid_rate
     else:
@@ -323,7 +333,7 @@ def _anchor_view(anchor: Policy, objective, reward: ListReward, cfg: AlignConfig
         lists, _ = sample_groups(anchor, [histories[r] for r in rows], cfg.k, Ga, cfg.temperature, cfg.top_p,
                                  cfg.batch_size, gen)
         ctx = np.repeat(rows, Ga)
-        r = reward([histories[i] for i in ctx], targets[ctx], lists.items.numpy())["reward"]
+        r = reward([histories[i] for i in ctx], targets[ctx], lists.items.numpy(), rows=ctx)["reward"]
     return logp, torch.as_tensor(r, dtype=torch.float32, device=anchor.device).view(len(rows), Ga)
 
 
@@ -338,7 +348,14 @@ def _ema_update(anchor: Policy, policy: Policy, eta: float) -> None:
 
 def _evaluate(policy: Policy, valid: pd.DataFrame, cfg: AlignConfig, evaluation: EvalConfig, reward: ListReward,
               state: dict, step: int, best_dir: Path, tracker) -> None:
-    metrics = valid_metrics(policy, valid, cfg.k, evaluation.ks, evaluation.batch_size, reward)
+    scores, invalid = valid_scores(policy, valid, cfg.k, evaluation.ks, evaluation.batch_size, reward)
+    metrics = {"invalid_rate": invalid, **{name: float(v.mean()) for name, v in scores.items()}}
+    chosen = scores[cfg.select_metric]  # (rows,) per valid row
+    if step == 0:
+        state["start_scores"] = chosen.tolist()  # the SFT start's per-row scores: what each later step is paired with
+    start = np.asarray(state["start_scores"], dtype=float)
+    metrics["mde"] = paired_mde(chosen, start) if step else float("nan")
+    metrics["diff"] = float((chosen - start).mean())
     row = {"step": step, **{f"valid/{k}": v for k, v in metrics.items()}}
     state["valid"].append(row)
     if tracker:

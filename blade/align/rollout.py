@@ -108,7 +108,7 @@ def reference_rollouts_scored(data: PreparedData, model_dir: str | Path,
         invalid.append(lists.invalid_rate)
         ctx = np.repeat(chunk_rows, cfg.m)
         for name in todo:
-            scores = rewards[name]([histories[r] for r in ctx], targets[ctx], lists.items.numpy())
+            scores = rewards[name]([histories[r] for r in ctx], targets[ctx], lists.items.numpy(), rows=ctx)
             frame = pd.DataFrame({"row": ctx, "sample": np.tile(np.arange(cfg.m), len(chunk_rows)),
                                   "items": list(lists.items.numpy())})
             for component, values in scores.items():

@@ -77,8 +77,10 @@ class EvalConfig:
     splits: list[EvalSplit] = option(["valid", "test"], help="splits to evaluate after training")
     references: list[ReferenceRow] = option(
         ["mostpop", "cooc"], help="reference rows: most popular, item co-occurrence, SASRec (blade/eval/sasrec.py)")
-    selection_rows: int = option(1000, help="valid rows model selection reads, SFT and alignment alike (a fixed "
-                                            "seed-independent slice; 0 = all)")
+    selection_rows: int = option(1000, help="valid rows SFT early-stops on (the first rows of a fixed, seed-independent "
+                                            "permutation of valid; 0 = all)")
+    align_selection_rows: int = option(0, help="valid rows alignment selects its step on: the permutation's rows after "
+                                               "SFT's, disjoint from them (blade/eval/selection.py); 0 = every one left")
     batch_size: int = option(256, help="contexts per sampler batch when decoding for evaluation and selection")
     samples: int = option(4, help="sampled evaluation: S independent lists per row at temperature 1, metrics averaged "
                                   "(BoN alignment promises single-sample quality); 0 = greedy only")
@@ -93,8 +95,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.k < 1 or any(not 1 <= k <= self.k for k in self.ks) or not self.ks:
             raise ValueError(f"every cut-off in ks must lie in 1..k={self.k}, got {self.ks}")
-        if self.selection_rows < 0 or self.batch_size < 1 or self.samples < 0:
-            raise ValueError("selection_rows and samples must be >= 0 and batch_size >= 1")
+        if min(self.selection_rows, self.align_selection_rows, self.samples) < 0 or self.batch_size < 1:
+            raise ValueError("selection_rows, align_selection_rows and samples must be >= 0 and batch_size >= 1")
         if any(n < 1 for n in self.bon_n) or len(set(self.bon_n)) != len(self.bon_n):
             raise ValueError(f"bon_n must hold distinct N >= 1, got {self.bon_n}")
 

@@ -85,9 +85,10 @@ def invalid_slots(summary: dict) -> int:
 
 
 def evaluate_tracked(recs: str | Path, data: PreparedData, split: str, out: str | Path, ks, dataset: str,
-                     method: str, seed: int, reward_name: str | None) -> dict:
+                     method: str, seed: int, reward_name: str | None, extra: dict | None = None) -> dict:
     """:func:`evaluate` as its own MLflow run (``evaluate_{split}``), with the lists' cost (a
-    ``cost.json`` beside ``recs``, written for policy rows) among its numbers."""
+    ``cost.json`` beside ``recs``, written for policy rows) and ``extra`` (an aligned row's
+    ``selection/*``: the step its policy was selected at) among its numbers."""
     from blade.tracking import run_stage
 
     resolved = {"recs": str(recs), "data": str(data.directory), "split": split, "ks": list(ks),
@@ -98,6 +99,7 @@ def evaluate_tracked(recs: str | Path, data: PreparedData, split: str, out: str 
         summary = evaluate(recs, data, split, out, ks)
         if cost_file.is_file():  # what the lists cost at inference (policy rows only)
             summary.update({f"cost/{k}": v for k, v in json.loads(cost_file.read_text()).items()})
+        summary.update(extra or {})
         return summary
 
     return run_stage(f"evaluate_{split}", dataset, method, seed, resolved, summary_path=f"{out}/metrics.json",
@@ -105,11 +107,12 @@ def evaluate_tracked(recs: str | Path, data: PreparedData, split: str, out: str 
 
 
 def score_row(root: str | Path, data: PreparedData, evaluation, seed: int, dataset: str, method: str,
-              reward_name: str | None, policy=None, reference: str | None = None) -> dict[str, dict]:
+              reward_name: str | None, policy=None, reference: str | None = None,
+              extra: dict | None = None) -> dict[str, dict]:
     """Write and evaluate a policy's (a loaded ``policy``) or a reference recommender's lists for
     every split of ``evaluation.splits`` (greedy) and, for a policy with ``evaluation.samples`` > 0,
     every split of ``evaluation.inference_splits`` (sampled). Returns ``{"test": summary,
-    "test/sample": …}``."""
+    "test/sample": …}``. ``extra`` goes into every metrics.json written (:func:`evaluate_tracked`)."""
     from blade.eval.lists import recommend
 
     jobs = [(split, 0) for split in evaluation.splits]
@@ -122,7 +125,7 @@ def score_row(root: str | Path, data: PreparedData, evaluation, seed: int, datas
                   seed)
         name = f"{split}/sample" if samples else split
         out[name] = evaluate_tracked(where / "recs.jsonl", data, split, where, evaluation.ks, dataset, method, seed,
-                                     reward_name)
+                                     reward_name, extra)
     return out
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from blade.data.continuation import continuation_lists
 from blade.data.prepared import PreparedData
 from blade.distributed import group
 from blade.eval.config import EvalConfig
@@ -54,36 +54,6 @@ from blade.model.policy import Policy, PolicyConfig
 from blade.seeding import seed_everything
 from blade.train.checkpoint import load_checkpoint, resumable, save_checkpoint
 from blade.train.config import SFTConfig
-
-
-def continuation_lists(train: pd.DataFrame, target_len: int) -> list[list[int]]:
-    """For each train row: [target, next distinct items of the same user], see module docstring."""
-    n = len(train)
-    nxt = np.full(n, -1)
-    if train["user_id"].notna().all():
-        order = train.assign(_r=np.arange(n)).sort_values(["user_id", "timestamp", "_r"], na_position="first", kind="stable")
-        rows, users = order["_r"].to_numpy(), order["user_id"].to_numpy()
-        same = users[1:] == users[:-1]
-        nxt[rows[:-1][same]] = rows[1:][same]
-    else:
-        by_history: dict[tuple, list[int]] = defaultdict(list)
-        for r, h in enumerate(train["history"]):
-            by_history[tuple(h)].append(r)
-        width = max(map(len, train["history"]))
-        for r, (h, t) in enumerate(zip(train["history"], train["target"])):
-            cand = by_history.get(tuple([*h, t][-width:]), [])
-            if len(cand) == 1:
-                nxt[r] = cand[0]
-    targets = train["target"].to_numpy()
-    out = []
-    for r in range(n):
-        lst, cur, hops = [int(targets[r])], nxt[r], 0
-        while cur >= 0 and len(lst) < target_len and hops < 4 * target_len:
-            if targets[cur] not in lst:
-                lst.append(int(targets[cur]))
-            cur, hops = nxt[cur], hops + 1
-        out.append(lst)
-    return out
 
 
 def prefix_rows(train: pd.DataFrame, targets: list[list[int]], target_len: int) -> tuple[list[list[int]], list[list[int]]]:

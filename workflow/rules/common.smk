@@ -18,7 +18,7 @@ EXP = resolve(config)
 
 DATASETS = EXP.run.datasets
 SEEDS = EXP.run.seeds
-ALIGNED = EXP.aligned  # run.methods, then run.sweep (trained under the first reward setting only)
+ALIGNED = EXP.aligned  # run.methods, then run.sweep (under the first reward setting and run.sweep_rewards)
 REWARD_SETTINGS = EXP.run.rewards
 SPLITS = ["train", "valid", "test"]
 # jobs inherit it: locally, and on SLURM, where each job re-reads this file
