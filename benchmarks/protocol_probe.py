@@ -112,25 +112,39 @@ def main() -> None:
     summarise(out, settings, methods, args.seeds)
 
 
-def summarise(out: Path, settings: dict, methods: dict, seeds: list[int]) -> None:
+def run_record(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, int | None] | None:
+    """(valid curve, diagnostics, selected step) of a finished run, or of a stopped one from its last
+    checkpoint (selected step None: the run did not finish); None when nothing was written."""
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return (pd.read_parquet(run_dir / "valid_curve.parquet"), pd.read_parquet(run_dir / "diagnostics.parquet"),
+                summary["best_step"])
+    state = run_dir / "checkpoint" / "trainer_state.json"
+    if not state.is_file():
+        return None
+    state = json.loads(state.read_text())
+    return pd.DataFrame(state["valid"]), pd.DataFrame(state["log"]), None
+
+
+def summarise(out: Path, settings, methods, seeds: list[int]) -> pd.DataFrame:
     lines = []
     for name in settings:
         for method in methods:
             for seed in seeds:
-                run_dir = out / name / method / f"seed{seed}"
-                curve = pd.read_parquet(run_dir / "valid_curve.parquet")
-                diag = pd.read_parquet(run_dir / "diagnostics.parquet")
-                summary = json.loads((run_dir / "summary.json").read_text())
+                record = run_record(out / name / method / f"seed{seed}")
+                if record is None:
+                    continue
+                curve, diag, best = record
                 for _, row in curve.iterrows():
                     step = int(row["step"])
                     window = diag[(diag["step"] > step - 10) & (diag["step"] <= step)]
                     lines.append({"setting": name, "method": method, "seed": seed, "step": step,
+                                  "finished": best is not None, "selected": step == best,
                                   "valid_ndcg@10": row["valid/ndcg@10"], "valid_reward": row["valid/reward"],
                                   "diff_from_start": row["valid/diff"], "mde": row["valid/mde"],
-                                  "selected": step == summary["best_step"],
+                                  "train_reward": window["reward_mean"].mean() if len(window) else np.nan,
                                   "tied_frac": window["tied_frac"].mean() if "tied_frac" in window else np.nan,
-                                  "weight_spread": (window["weight_spread"].mean() if "weight_spread" in window
-                                                    else np.nan)})
+                                  "kl": window["kl"].mean() if "kl" in window else np.nan})
     frame = pd.DataFrame(lines)
     frame.to_csv(out / "probe.csv", index=False)
     with open(out / "probe.md", "w") as f:
@@ -140,6 +154,7 @@ def summarise(out: Path, settings: dict, methods: dict, seeds: list[int]) -> Non
             f.write("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |\n")
     last = frame.sort_values("step").groupby(["setting", "method", "seed"]).tail(1)
     print(last.to_string(index=False))
+    return frame
 
 
 if __name__ == "__main__":

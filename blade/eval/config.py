@@ -78,7 +78,8 @@ class EvalConfig:
     references: list[ReferenceRow] = option(
         ["mostpop", "cooc"], help="reference rows: most popular, item co-occurrence, SASRec (blade/eval/sasrec.py)")
     selection_rows: int = option(1000, help="valid rows SFT early-stops on (the first rows of a fixed, seed-independent "
-                                            "permutation of valid; 0 = all)")
+                                            "permutation of valid, at most half of it; 0 = all, leaving none "
+                                            "for alignment)")
     align_selection_rows: int = option(0, help="valid rows alignment selects its step on: the permutation's rows after "
                                                "SFT's, disjoint from them (blade/eval/selection.py); 0 = every one left")
     batch_size: int = option(256, help="contexts per sampler batch when decoding for evaluation and selection")

@@ -2,9 +2,9 @@
 
 Both decode greedy lists on a fixed, seed-independent set of valid rows and score them; the test
 split is never read. The two read **disjoint** rows of one fixed permutation of valid:
-SFT early-stops on its first ``evaluate.selection_rows`` rows; alignment selects its step on the
-rows after those (``evaluate.align_selection_rows`` of them, 0 = every valid row SFT did not
-select on). Were they the same rows, the SFT start (step 0) would carry the maximum SFT took on
+SFT early-stops on its first ``evaluate.selection_rows`` rows, at most half of valid (Goodreads'
+valid split holds 501 rows); alignment selects its step on the rows after those
+(``evaluate.align_selection_rows`` of them, 0 = every valid row SFT did not select on). Were they the same rows, the SFT start (step 0) would carry the maximum SFT took on
 them, and a later step would have to beat a score inflated by that selection (a winner's curse
 towards step 0, docs/method.md §6).
 
@@ -25,7 +25,8 @@ from blade.model.policy import Policy
 from blade.power import paired_mde
 from blade.sampling import ListSampler
 
-__all__ = ["alignment_slice", "paired_mde", "selection_order", "selection_slice", "valid_metrics", "valid_scores"]
+__all__ = ["alignment_slice", "paired_mde", "selection_order", "selection_slice", "sft_rows", "valid_metrics",
+           "valid_scores"]
 
 
 def selection_order(n_valid: int) -> np.ndarray:
@@ -33,23 +34,29 @@ def selection_order(n_valid: int) -> np.ndarray:
     return np.random.default_rng(0).permutation(n_valid)
 
 
+def sft_rows(n_valid: int, n_rows: int) -> int:
+    """How many valid rows SFT early-stops on: ``n_rows``, at most half of valid (the other half is
+    alignment's); every row for ``n_rows`` 0."""
+    return min(n_rows, n_valid // 2) if n_rows else n_valid
+
+
 def selection_slice(valid: pd.DataFrame, n_rows: int) -> pd.DataFrame:
-    """SFT's early-stopping rows (and SASRec's): the first ``n_rows`` of :func:`selection_order`,
-    or every valid row (``n_rows`` 0, or valid no larger)."""
-    if n_rows and len(valid) > n_rows:
-        return valid.iloc[selection_order(len(valid))[:n_rows]]
-    return valid
+    """SFT's early-stopping rows (and SASRec's): the first :func:`sft_rows` of :func:`selection_order`."""
+    n = sft_rows(len(valid), n_rows)
+    return valid if n >= len(valid) else valid.iloc[selection_order(len(valid))[:n]]
 
 
-def alignment_slice(valid: pd.DataFrame, sft_rows: int, n_rows: int = 0) -> pd.DataFrame:
-    """Alignment's selection rows: the rows of :func:`selection_order` after SFT's first
-    ``sft_rows``, ``n_rows`` of them (0 = all). Raises when SFT's slice leaves none."""
+def alignment_slice(valid: pd.DataFrame, sft_n: int, n_rows: int = 0) -> pd.DataFrame:
+    """Alignment's selection rows: the rows of :func:`selection_order` after SFT's (``sft_n`` =
+    ``evaluate.selection_rows``, cut by :func:`sft_rows`), ``n_rows`` of them (0 = all). Raises
+    when SFT's slice leaves none."""
     order = selection_order(len(valid))
-    rest = order[sft_rows:] if sft_rows else order[len(order):]
+    rest = order[sft_rows(len(valid), sft_n):]
     if not len(rest):
-        raise ConfigError(f"evaluate.selection_rows = {sft_rows or 'all'} takes every one of the {len(valid)} valid "
-                          "rows for SFT's early stopping, so none is left for alignment's selection (the two must be "
-                          f"disjoint); set evaluate.selection_rows below {len(valid)}")
+        raise ConfigError(f"evaluate.selection_rows = {sft_n or '0 (all)'} takes every one of the {len(valid)} "
+                          "valid rows for SFT's early stopping, so none is left for alignment's selection (the two "
+                          "must be disjoint); set evaluate.selection_rows to a number of rows (at most half of valid "
+                          "is used)")
     return valid.iloc[rest[:n_rows] if n_rows else rest]
 
 
@@ -78,3 +85,4 @@ def valid_metrics(policy: Policy, split: pd.DataFrame, k: int, ks: list[int], ba
     """The means of :func:`valid_scores`, plus ``invalid_rate``."""
     scores, invalid = valid_scores(policy, split, k, ks, batch_size, reward)
     return {"invalid_rate": invalid, **{name: float(v.mean()) for name, v in scores.items()}}
+
