@@ -2,10 +2,11 @@
 
     python -m analysis.publish --results results --out docs/results --command "snakemake … "
 
-Copies the Markdown tables (main, list-wise, ablation, claims, runtime with time and peak memory,
-provenance with the commit and the resolved config) and the PNG figures, and writes
-``significance.md``: for each dataset, reward setting and cut-off metric, BLADE against every other
-row (paired per-user test over the seeds, Holm-corrected), from ``significance.csv``. Not the raw
+Copies the Markdown tables (main, list-wise, ablation, claims, every aligned row against SFT, runtime
+with time and peak memory, provenance with the commit and the resolved config) and the PNG figures,
+and writes ``significance.md``: for each dataset, reward setting and cut-off metric (and a list-wise
+setting's own reward), BLADE against every other row (paired per-user test over the seeds,
+Holm-corrected, with its MDE), from ``significance.csv``. Not the raw
 ``results/`` tree: per-user files, models and logs stay where the run wrote them. Files are written
 atomically; ``command.txt`` records how the run was started.
 """
@@ -21,8 +22,8 @@ import pandas as pd
 
 from analysis.common import write_text
 
-TABLES = ("main.md", "listwise.md", "ablation.md", "claims.md", "runtime.md", "provenance.md")
-SUMMARY_METRICS = ("ndcg@10", "recall@10")
+TABLES = ("main.md", "listwise.md", "ablation.md", "claims.md", "vs_sft.md", "runtime.md", "provenance.md")
+SUMMARY_METRICS = ("ndcg@10", "recall@10", "own_reward")
 
 
 def significance_summary(frame: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) -> str:
@@ -32,12 +33,13 @@ def significance_summary(frame: pd.DataFrame, metrics: Sequence[str] = SUMMARY_M
     frame = frame[frame["metric"].isin(metrics)]
     for (dataset, reward, split), part in frame.groupby(["dataset", "reward_setting", "split"], sort=False):
         out += [f"## {dataset} · {reward} · {split}", "",
-                "| metric | row | BLADE | row mean | diff | 95% CI | d_z | p (t, Holm) | p (perm, Holm) | verdict |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| metric | row | BLADE | row mean | diff | 95% CI | d_z | MDE | p (t, Holm) | p (perm, Holm) | verdict |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in part.itertuples(index=False):
             verdict = ("BLADE better" if r.better == "blade" else "row better") if r.significant else "no significant difference"
             out.append(f"| {r.metric} | {r.baseline} | {r.blade_mean:.4f} | {r.baseline_mean:.4f} | {r.diff:+.4f} | "
-                       f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.d_z:+.3f} | {r.p_ttest_holm:.2g} | "
+                       f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.d_z:+.3f} | {getattr(r, 'mde', float('nan')):.4f} | "
+                       f"{r.p_ttest_holm:.2g} | "
                        f"{r.p_perm_holm:.2g} | {verdict} |")
         out.append("")
     return "\n".join(out)

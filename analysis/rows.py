@@ -176,7 +176,7 @@ def curve_files(rows: Iterable[Row], results: str = "results") -> list[str]:
 def analysis_outputs(tables: str = "results/tables", figures: str = "results/figures") -> list[str]:
     """Every table, figure and report page the analysis rules write (for ``rule all``)."""
     out = [f"{tables}/main.{ext}" for ext in ("csv", "md", "html", "tex")]
-    out += [f"{tables}/{name}.{ext}" for name in ("listwise", "ablation", "claims", "runtime")
+    out += [f"{tables}/{name}.{ext}" for name in ("listwise", "ablation", "claims", "vs_sft", "runtime")
             for ext in ("csv", "md", "html")]
     out += [f"{tables}/significance.csv", f"{tables}/provenance.md", f"{tables}/provenance.html"]
     return out + [f"{figures}/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")]

@@ -461,3 +461,41 @@ def test_the_sweep_trains_under_the_first_reward_setting_only():
     assert "blade_nig" not in {r.method for r in expected_rows(exp, "fake", "ndcg+fairness")}
     with pytest.raises(ConfigError, match="run.sweep names 'blade_dp'"):
         resolve({**config, "run": {**config["run"], "sweep": ["blade_dp"]}})
+
+
+def test_the_sweep_also_trains_under_sweep_rewards():
+    config = {**CONFIG, "run": {**CONFIG["run"], "rewards": ["ndcg", "graded", "ndcg+fairness"],
+                                "sweep": ["blade_nig"], "sweep_rewards": ["graded"]},
+              "rewards": {"ndcg": {"weights": {"ndcg": 1.0}}, "graded": {"weights": {"future": 1.0}},
+                          "ndcg+fairness": {"weights": {"ndcg": 1.0, "fairness": 0.5}}},
+              "methods": {**CONFIG["methods"], "blade_nig": {"objective": "blade", "estimator": "nig"}}}
+    exp = resolve(config)
+    assert "blade_nig" in exp.methods_for("graded") and "blade_nig" not in exp.methods_for("ndcg+fairness")
+    assert {r.method: r.role for r in expected_rows(exp, "fake", "graded")}["blade_nig"] == "variant"
+    # graded accuracy is a pure-accuracy setting: the accuracy claims are judged under it
+    assert claims.pure_accuracy(exp, "graded") and not claims.pure_accuracy(exp, "ndcg+fairness")
+    with pytest.raises(ConfigError, match="run.sweep_rewards names 'nope'"):
+        resolve({**config, "run": {**config["run"], "sweep_rewards": ["nope"]}})
+
+
+def test_vs_sft_tests_every_aligned_row_against_its_start(tree, exp):
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    from analysis import vs_sft
+    from blade.power import paired_mde
+
+    frame, missing = vs_sft.vs_sft(tree, exp)
+    assert missing == [] and set(frame["method"]) == {"blade", "blade_static"} and set(frame["metric"]) == {"ndcg@10"}
+    sft = hand_pooled("sft", "ndcg@10")
+    p = {m: stats.ttest_rel(hand_pooled(m, "ndcg@10"), sft).pvalue for m in ("blade", "blade_static")}
+    holm = dict(zip(p, multipletests(list(p.values()), method="holm")[1]))
+    for line in frame.itertuples():
+        mine = hand_pooled(line.method, "ndcg@10")
+        assert line.diff == pytest.approx((mine - sft).mean())
+        assert line.p_ttest == pytest.approx(p[line.method]) and line.p_holm == pytest.approx(holm[line.method])
+        assert line.mde == pytest.approx(paired_mde(mine, sft))
+    blade = frame.set_index("method").loc["blade"]
+    assert blade["significant"] and blade["selected_step"] == 10 and blade["seeds_at_start"] == 1
+    md = vs_sft.to_markdown(frame, missing, "test")
+    assert "| blade | ndcg@10 |" in md and "10 (1/2 at 0)" in md and "higher" in md

@@ -59,7 +59,8 @@ def test_paper_config_dag_resolves(tmp_path):
     counts = _job_counts(done.stdout)
     assert counts["prepare"] == len(datasets) == 3
     assert counts["sft"] == counts["rollout"] == len(datasets) * len(seeds)
-    assert counts["align"] == len(datasets) * len(seeds) * (len(methods) * len(rewards) + len(sweep))
+    sweep_settings = 1 + len(default["run"].get("sweep_rewards", []))  # the first setting, and run.sweep_rewards
+    assert counts["align"] == len(datasets) * len(seeds) * (len(methods) * len(rewards) + len(sweep) * sweep_settings)
     assert counts["score_reference"] == len(datasets) * len(paper["evaluate"]["references"])
     assert {paper["datasets"][d]["source"] for d in datasets} == {"amazon2018"}
     assert paper["policy"]["kind"] == "pretrained" and paper["policy"]["codec"] == "title" and paper["policy"]["lora"]

@@ -9,7 +9,7 @@ from analysis.publish import TABLES, publish, significance_summary
 def _row(**kw):
     base = dict(dataset="vg", reward_setting="ndcg", split="test", baseline="cooc", metric="ndcg@10", blade_mean=0.05,
                 baseline_mean=0.06, diff=-0.01, ci_low=-0.015, ci_high=-0.005, d_z=-0.2, p_ttest_holm=0.001,
-                p_perm_holm=0.002, significant=True, better="baseline")
+                p_perm_holm=0.002, significant=True, better="baseline", mde=0.0031)
     return {**base, **kw}
 
 
@@ -19,7 +19,7 @@ def test_significance_summary_states_each_comparison():
                                                             diff=0.01, ci_low=0.004, ci_high=0.016)])
     text = significance_summary(frame)
     assert text.count("## ") == 2 and "## vg · ndcg · test" in text and "## vg · ndcg+fairness · test" in text
-    assert "| ndcg@10 | cooc | 0.0500 | 0.0600 | -0.0100 | [-0.0150, -0.0050] | -0.200 | 0.001 | 0.002 | row better |" in text
+    assert "| ndcg@10 | cooc | 0.0500 | 0.0600 | -0.0100 | [-0.0150, -0.0050] | -0.200 | 0.0031 | 0.001 | 0.002 | row better |" in text
     assert "| sft |" in text and "no significant difference" in text
     assert "| dpo |" in text and "BLADE better" in text
     assert "coverage@10" not in text  # only the summary metrics

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from blade.data import PreparedData
 from blade.model.policy import Policy, PolicyConfig
 from blade.train.config import SFTConfig
-from blade.eval.selection import valid_metrics
+from blade.eval.config import EvalConfig
+from blade.eval.selection import selection_slice, valid_metrics
 from blade.train.sft import continuation_lists, train_sft
 from tests.conftest import ROOT
 from tests.helpers import tiny_dataset
@@ -48,7 +49,10 @@ def test_sft_learns_and_selects_on_valid(tmp_path):
     assert summary["best_epoch"] == int(log["valid/ndcg@10"].idxmax()) + 1
     best = Policy.load(tmp_path / "sft" / "best")
     trained = valid_metrics(best, valid, 10, [5, 10], 256)
-    assert trained["ndcg@10"] == pytest.approx(summary["valid/ndcg@10"])
+    # selection read SFT's rows of valid (at most half of it: alignment selects on the others)
+    rows = selection_slice(valid, EvalConfig().selection_rows)
+    assert len(rows) == len(valid) // 2
+    assert valid_metrics(best, rows, 10, [5, 10], 256)["ndcg@10"] == pytest.approx(summary["valid/ndcg@10"])
     assert trained["recall@10"] > untrained["recall@10"] + 0.1, (untrained, trained)
     assert trained["invalid_rate"] == 0
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]

@@ -199,6 +199,33 @@ rule provenance:
         "{params.analysis}.provenance --results results --config-json {params.cfg:q} --out {output.md} > {log} 2>&1"
 
 
+rule vs_sft:
+    """Every aligned row against SFT, its start: paired per-user tests, Holm across a table's rows, MDE."""
+    input:
+        per_user=present(eval_files(EXP, [r for r in TABLE_ROWS if r.role in ("sft", *TRAINED)], "per_user.parquet")),
+        recs=present(eval_files(EXP, [r for r in TABLE_ROWS if r.role in ("sft", *TRAINED)], "recs.jsonl")),
+        metrics=present(eval_files(EXP, [r for r in TABLE_ROWS if r.role in TRAINED], "metrics.json")),
+        stats=expand("results/data/{dataset}/stats.json", dataset=DATASETS),
+    output:
+        csv=f"{TABLES}/vs_sft.csv",
+        md=f"{TABLES}/vs_sft.md",
+        html=report(f"{TABLES}/vs_sft.html", caption="../report/vs_sft.rst", category="Tables"),
+    params:
+        out=lambda wildcards, output: os.path.splitext(output.csv)[0],
+        analysis=ANALYSIS,
+        cfg=CONFIG_JSON,
+        split=ANALYSIS_SPLIT,
+    log:
+        "results/logs/analysis/vs_sft.log",
+    benchmark:
+        "results/benchmarks/analysis/vs_sft.tsv"
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.analysis}.vs_sft --results results --config-json {params.cfg:q} --split {params.split} "
+        "--out {params.out} > {log} 2>&1"
+
+
 rule runtime:
     """Wall time and peak memory per rule, from every job's benchmark file (runs after the rest)."""
     input:
