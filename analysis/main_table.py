@@ -14,8 +14,9 @@ each seed's ``metrics.json`` value (reference rows: seed 0 only).
   t-test p < 0.05, read from ``significance.csv`` (pooled MGU/DGU by their per-user variants;
   coverage has no per-user value and no marker).
 - ``selected step``: the alignment step the row's policy was selected at on valid, mean over seeds,
-  and how many seeds kept the SFT start (step 0): alignment whose every seed shows "0" was
-  discarded by selection, and the row *is* SFT. Blank for rows no alignment selects.
+  how many seeds kept the SFT start (step 0) — alignment whose every seed shows "0" was discarded
+  by selection, and the row *is* SFT — and the selection's MDE on its valid rows. Blank for rows no
+  alignment selects.
 External rows (``evaluate.external``) are labelled "(external)", and "(external, cost unknown)"
 where they came without a cost.json. Expected rows come from the config; runs not found are listed
 under each table ("Missing"), and a row with no run at all is kept with empty cells.
@@ -35,13 +36,16 @@ from analysis.common import (read_significance, BLADE, EXTERNAL, all_tables, bla
 
 MARK = "†"
 SELECTED = "selection/step"  # metrics.json of an aligned row: the valid-selected step (blade/align/loop.py)
+SELECTION_MDE = "selection/mde"  # ... and the selection's resolution on its valid rows
 
 
 def selected_cell(line: pd.Series) -> str:
-    """``mean step (k/n at 0)``, or ``—`` for a row no alignment selects."""
+    """``mean step (k/n at 0; MDE m)``, or ``—`` for a row no alignment selects."""
     if not np.isfinite(line.get("selected_step", np.nan)):
         return "—"
-    return f"{line['selected_step']:.0f} ({int(line['seeds_at_start'])}/{int(line['n_seeds'])} at 0)"
+    mde = line.get("selection_mde", np.nan)
+    power = f"; MDE {mde:.4f}" if np.isfinite(mde) else ""
+    return f"{line['selected_step']:.0f} ({int(line['seeds_at_start'])}/{int(line['n_seeds'])} at 0{power})"
 
 
 def table_metrics(exp, available: Sequence[str]) -> list[str]:
@@ -65,6 +69,8 @@ def summarise(per_seed: pd.DataFrame, rows, metrics: Sequence[str]) -> pd.DataFr
         steps = mine[SELECTED].dropna().to_numpy(float) if SELECTED in mine else np.array([])
         line["selected_step"] = float(steps.mean()) if len(steps) else np.nan
         line["seeds_at_start"] = int((steps == 0).sum()) if len(steps) else np.nan
+        mde = mine[SELECTION_MDE].dropna().to_numpy(float) if SELECTION_MDE in mine else np.array([])
+        line["selection_mde"] = float(mde.mean()) if len(mde) else np.nan
         lines.append(line)
     return pd.DataFrame(lines)
 
@@ -154,7 +160,8 @@ def _notes(t: dict) -> list[str]:
     versus = ", ".join(f"{pretty(m)} {b}" for m, b in t["versus"].items() if b and per_user_name(m))
     return ["Mean ± std over seeds (n = seeds found); bold = best of the column, oracle excluded; "
             "↓ = lower is better. Selected step: the valid-selected alignment step, mean over seeds (seeds that "
-            "kept the SFT start, step 0).",
+            "kept the SFT start, step 0; the selection's MDE: the smallest valid difference from the start its rows "
+            "detect with 80% power, in the selection metric's units).",
             f"{MARK} = BLADE differs from the best equal-cost baseline of the column with Holm-adjusted paired t-test "
             f"p < 0.05 (significance.csv). Best equal-cost baseline per column: {versus or 'none'}.",
             *([f"External rows shown but not equal-cost baselines (their cost.json does not say one sample per "

@@ -239,7 +239,7 @@ def test_main_table_rows_columns_and_values(tree, exp, sig):
     assert "**0.5" in md and "†" in md and "Missing: none" in md
     # the selected-step column: mean over seeds, and how many seeds kept the SFT start
     assert frame.loc["blade", "selected_step"] == 10 and frame.loc["blade", "seeds_at_start"] == 1
-    assert "| 10 (1/2 at 0) |" in md and "| 0 (2/2 at 0) |" in md and "selected step" in md
+    assert "| 10 (1/2 at 0; MDE 0.0100) |" in md and "| 0 (2/2 at 0; MDE 0.0100) |" in md and "selected step" in md
     assert math.isnan(frame.loc["sft", "selected_step"])
     assert "\\textbf{" in main_table.to_latex(tables, "test")
 
