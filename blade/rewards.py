@@ -87,6 +87,9 @@ DiversityBy = Literal["auto", "genre", "cooccurrence"]
 FAIRNESS_BY: tuple[str, ...] = get_args(FairnessBy)
 FAIRNESS_TARGETS: tuple[str, ...] = get_args(FairnessTarget)
 DIVERSITY_BY: tuple[str, ...] = get_args(DiversityBy)
+# The rewards that read the ground truth (the target, a train future): none of them can score a list
+# at inference time, where inference-time Best-of-N replaces them by ``relevance``.
+GROUND_TRUTH_REWARDS: tuple[str, ...] = ("ndcg", "future")
 
 
 def _discounts(k: int) -> np.ndarray:

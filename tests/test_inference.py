@@ -36,6 +36,8 @@ def test_inference_reward_moves_the_ground_truth_part_to_relevance():
     assert moved.weights == {"relevance": 1.0, "fairness": 0.5}
     both = inference_reward(RewardConfig(weights={"ndcg": 0.5, "relevance": 0.25}))
     assert both.weights == {"relevance": 0.75}
+    graded = inference_reward(RewardConfig(weights={"future": 1.0, "diversity": 0.5}))  # graded accuracy too
+    assert graded.weights == {"diversity": 0.5, "relevance": 1.0}
 
 
 def test_best_of_n_keeps_the_best_of_the_first_n_draws(sft_model):

@@ -133,10 +133,13 @@ def best_of_n_settings(policy, data: PreparedData, split: str, k: int, ns: list[
 
 
 def inference_reward(reward_cfg):
-    """The reward BoN can use at inference: the setting with its ground-truth ``ndcg`` weight moved
-    to the train-only ``relevance`` model (docs/method.md (4.2)); list parts kept as they are."""
+    """The reward BoN can use at inference: the setting with its ground-truth weights (``ndcg``,
+    ``future``: :data:`blade.rewards.GROUND_TRUTH_REWARDS`) moved to the train-only ``relevance``
+    model (docs/method.md (4.2)); list parts kept as they are."""
+    from blade.rewards import GROUND_TRUTH_REWARDS
+
     weights = dict(reward_cfg.weights)
-    moved = weights.pop("ndcg", 0.0)
+    moved = sum(weights.pop(name, 0.0) for name in GROUND_TRUTH_REWARDS)
     if moved:
         weights["relevance"] = weights.get("relevance", 0.0) + moved
     return dataclasses.replace(reward_cfg, weights=weights)
