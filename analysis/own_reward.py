@@ -55,3 +55,9 @@ class OwnReward:
             mean = np.nanmean(np.stack([v.to_numpy() for v in values]), axis=0)  # (rows,)
         at = index.get_level_values("row").to_numpy()
         return pd.Series(mean[at], index=index, name=OWN_REWARD)
+
+    def add_to(self, frame: pd.DataFrame, results: str | Path, row: Row) -> pd.DataFrame:
+        """A per-user frame (indexed by row, context_id) with the row's ``own_reward`` column added
+        (unchanged when its lists are missing)."""
+        values = self.pooled(results, row, frame.index)
+        return frame if values is None else frame.assign(**{OWN_REWARD: values})

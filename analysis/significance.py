@@ -149,7 +149,7 @@ def compare_rows(results, blade: Row, others: Sequence[Row], split: str, exp, re
     own = None if sample or accuracy_only(exp, blade.setting) else OwnReward(results, exp, blade.dataset,
                                                                                blade.setting, split)
     if own is not None:
-        base = _with_own(base, own, results, blade)
+        base = own.add_to(base, results, blade)
     metrics = tested_metrics(exp, base.columns)
     parts = []
     for other in others:
@@ -157,18 +157,13 @@ def compare_rows(results, blade: Row, others: Sequence[Row], split: str, exp, re
         if frame is None:
             continue
         if own is not None:
-            frame = _with_own(frame, own, results, other)
+            frame = own.add_to(frame, results, other)
         key = zlib.crc32(f"{blade.dataset}|{blade.setting}|{other.method}|{split}".encode())
         tests = paired_tests(base, frame, [m for m in metrics if m in frame.columns], resamples,
                              np.random.default_rng([key]))
         parts.append(tests.assign(dataset=blade.dataset, reward_setting=blade.setting, split=split,
                                   baseline=other.method, role=other.role, seeds_blade=n_blade, seeds_baseline=n_other))
     return pd.concat(parts, ignore_index=True)[COLUMNS] if parts else pd.DataFrame(columns=COLUMNS)
-
-
-def _with_own(frame: pd.DataFrame, own: OwnReward, results, row: Row) -> pd.DataFrame:
-    values = own.pooled(results, row, frame.index)
-    return frame if values is None else frame.assign(**{OWN_REWARD: values})
 
 
 def significance(results, exp, split: str = "test", resamples: int = RESAMPLES) -> tuple[pd.DataFrame, list[str]]:

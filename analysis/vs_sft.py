@@ -42,7 +42,7 @@ def vs_sft(results, exp, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
         own = None
         if not accuracy_only(exp, setting):
             own = OwnReward(results, exp, dataset, setting, split)
-            sft = _with_own(sft, own, results, sft_row)
+            sft = own.add_to(sft, results, sft_row)
             metrics.append(OWN_REWARD)
         lines = []
         for row in [r for r in rows if r.role in ALIGNED_ROLES]:
@@ -50,7 +50,7 @@ def vs_sft(results, exp, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
             if frame is None:
                 continue
             if own is not None:
-                frame = _with_own(frame, own, results, row)
+                frame = own.add_to(frame, results, row)
             tests = paired_tests(frame, sft, [m for m in metrics if m in frame and m in sft], resamples=0)
             steps = _steps(results, row, split)
             for t in tests.itertuples(index=False):
@@ -68,11 +68,6 @@ def vs_sft(results, exp, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
         parts.append(table)
     frame = pd.concat(parts, ignore_index=True)[COLUMNS] if parts else pd.DataFrame(columns=COLUMNS)
     return frame, sorted(set(missing))
-
-
-def _with_own(frame: pd.DataFrame, own: OwnReward, results, row) -> pd.DataFrame:
-    values = own.pooled(results, row, frame.index)
-    return frame if values is None else frame.assign(**{OWN_REWARD: values})
 
 
 def _steps(results, row, split: str) -> dict[str, float]:
