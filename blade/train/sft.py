@@ -215,7 +215,7 @@ def train_sft(data: PreparedData, out_dir: str | Path, policy_cfg: PolicyConfig,
             norms.append(float(gnorm))
             if tracker:
                 tracker.log_metrics({"train/loss": loss.item(), "train/grad_norm": float(gnorm),
-                                     "train/lr": sched.get_last_lr()[0]}, step=state["step"])
+                                     "train/lr": sched.get_last_lr()[0]}, step=state["step"], defer=True)
         metrics = valid_metrics(policy, valid, cfg.k, evaluation.ks, evaluation.batch_size)
         score = procs.agree(metrics[cfg.select_metric])  # data-parallel: the main process's decides
         row = {"epoch": epoch + 1, "step": state["step"], "train_loss": float(np.mean(losses)),

@@ -10,6 +10,7 @@ from snakemake.utils import validate
 
 from blade.eval.config import NO_REWARD, UNALIGNED_ROWS
 from blade.experiment import resolve
+from blade.model.base_models import base_dir
 from blade.tracking import use_tracking_uri
 
 
@@ -33,6 +34,11 @@ TRAIN = BLADE if EXP.run.processes == 1 else (
     "--main_process_port 0 --mixed_precision no --dynamo_backend no --multi_gpu -m blade.cli")  # port 0: a free one
 
 
+# policy.model names a base model converted by rule base_model (when policy.path is its default folder).
+BASE_MODEL = ([f"{EXP.policy.path}/base_model.json"]
+              if EXP.policy.model and EXP.policy.path == str(base_dir(EXP.policy.model)) else [])
+
+
 def _alternatives(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
@@ -43,6 +49,7 @@ wildcard_constraints:
     split="valid|test",
     reward=_alternatives(REWARD_SETTINGS),
     method=_alternatives(ALIGNED),
+    model=r"[^/]+",
 
 
 def sections_json(*names, **extra):

