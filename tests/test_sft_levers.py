@@ -3,6 +3,8 @@ each against a hand-computed or independent value; and their validation."""
 
 import json
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import torch
@@ -14,7 +16,7 @@ from blade.errors import ConfigError
 from blade.model.policy import Policy, PolicyConfig
 from blade.train.config import SFTConfig
 from blade.eval.selection import valid_metrics
-from blade.train.sft import _lr_factor, add_dropout, continuation_lists, prefix_rows, sft_loss, slot_weights, train_sft
+from blade.train.sft import LENGTH_WINDOW, _lr_factor, add_dropout, epoch_batches, continuation_lists, prefix_rows, sft_loss, slot_weights, train_sft
 from tests.helpers import tiny_dataset
 
 SMALL_POLICY = PolicyConfig(hidden=32, heads=2, kv_heads=1, intermediate=64, device="cpu")
@@ -110,6 +112,45 @@ def test_every_lever_on_still_learns(tmp_path):
                     target_decay=0.5, min_lr_ratio=0.1, prefixes=True)
     summary = train_sft(PreparedData.load(data), tmp_path / "sft", SMALL_POLICY, cfg, seed=0)
     assert summary["valid/ndcg@10"] > untrained["ndcg@10"] + 0.1, (untrained, summary)
+
+
+def test_length_batches_see_every_row_once_and_pad_less():
+    lengths = np.random.default_rng(5).integers(20, 400, size=3000)
+    plain_cfg, sorted_cfg = SFTConfig(batch_size=16), SFTConfig(batch_size=16, length_batches=True)
+    plain = epoch_batches(np.random.default_rng([0, 0]), lengths, plain_cfg)
+    # off: the slices of one permutation, exactly as before the option existed
+    assert np.array_equal(np.concatenate(plain), np.random.default_rng([0, 0]).permutation(3000))
+    grouped = epoch_batches(np.random.default_rng([0, 0]), lengths, sorted_cfg)
+    assert sorted(np.concatenate(grouped).tolist()) == list(range(3000)) and len(grouped) == len(plain) == 188
+    assert [len(b) for b in grouped].count(16) == 187  # one short batch, as without grouping
+
+    def padded(batches):  # tokens a batch pads to: rows x its longest row
+        return sum(len(b) * lengths[b].max() for b in batches)
+
+    assert padded(grouped) < 0.6 * padded(plain)  # about half the padding of plain batches here
+    # within a window the rows run longest first; the batch order is shuffled, not by length
+    first = grouped[0]
+    assert (np.diff(lengths[first]) <= 0).all()
+    assert not (np.diff([lengths[b].max() for b in grouped]) <= 0).all()
+    assert LENGTH_WINDOW * 16 < 3000  # more than one window in this test
+    again = epoch_batches(np.random.default_rng([0, 0]), lengths, sorted_cfg)
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, again))  # a function of (seed, epoch)
+
+
+def test_train_rows_trains_on_a_fixed_sample(tmp_path, monkeypatch):
+    import blade.train.sft as sft
+
+    data = PreparedData.load(tiny_dataset(tmp_path / "data"))
+    seen = []
+    real = sft.sft_loss
+    monkeypatch.setattr(sft, "sft_loss", lambda policy, prompts, *a, **kw: (seen.extend(map(tuple, prompts)),
+                                                                             real(policy, prompts, *a, **kw))[1])
+    cfg = SFTConfig(epochs=2, batch_size=16, warmup_steps=1, train_rows=40, patience=5)
+    train_sft(data, tmp_path / "sft", SMALL_POLICY, cfg, seed=0)
+    rows = np.sort(np.random.default_rng(0).permutation(len(data.train))[:40])
+    policy = Policy.load(tmp_path / "sft" / "best")
+    expect = {tuple(policy.codec.prompt(h, cfg.k)) for h in data.train["history"].iloc[rows]}
+    assert len(seen) == 80 and set(seen) == expect  # 40 rows, each once per epoch, no other row
 
 
 def test_prefix_rows_by_hand():

@@ -27,6 +27,26 @@ def test_other_seed_gives_other_data(prepared, tmp_path):
     assert (tmp_path / "train.parquet").read_bytes() != (prepared / "train.parquet").read_bytes()
 
 
+def test_a_test_sample_is_fixed_in_order_counted_and_leaves_the_other_splits_alone(prepared, tmp_path):
+    _, full, full_stats = load_prepared(prepared)
+    prepare({**SPEC, "test_rows": 300}, tmp_path / "a")
+    prepare({**SPEC, "test_rows": 300}, tmp_path / "b")
+    assert (tmp_path / "a" / "test.parquet").read_bytes() == (tmp_path / "b" / "test.parquet").read_bytes()
+    _, splits, stats = load_prepared(tmp_path / "a")
+    test, whole = splits["test"], full["test"]
+    assert len(test) == 300 and stats["n_rows"]["test"] == 300
+    assert stats["dropped"]["test_outside_sample"] == len(whole) - 300
+    position = whole.reset_index().set_index("context_id").loc[test["context_id"], "index"].to_numpy()
+    assert (np.diff(position) > 0).all()  # a subset of the split, in its order
+    assert 0 < position[-1] - position[0] and position.max() > len(whole) // 2  # spread, not the first rows
+    assert test.drop(columns="history").equals(whole.iloc[position].reset_index(drop=True).drop(columns="history"))
+    for name in ("train", "valid"):
+        assert splits[name].equals(full[name])
+    prepare({**SPEC, "test_rows": 10**6}, tmp_path / "c")  # more than the split: all of it, nothing dropped
+    assert load_prepared(tmp_path / "c")[2]["n_rows"] == full_stats["n_rows"]
+    assert "test_outside_sample" not in load_prepared(tmp_path / "c")[2]["dropped"]
+
+
 def test_leave_last_out_split_and_counts(prepared):
     items, splits, stats = load_prepared(prepared)
     assert stats["n_rows"]["valid"] == stats["n_rows"]["test"] == 800 == stats["n_users"]

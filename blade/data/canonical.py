@@ -51,7 +51,14 @@ class DatasetSpec:
         "row; 'drop' drops it and counts it in stats.json under dropped.<reason>",
     )
 
+    test_rows: int = option(0, help="score every row of the tables on a fixed sample of this many test rows (the "
+                                    "first of a seed-0 permutation, kept in split order; 0 = all): for policies whose "
+                                    "decoding cannot afford the whole split (config/llm.yaml); the rest are counted in "
+                                    "stats.json under dropped.test_outside_sample")
+
     def __post_init__(self) -> None:
+        if self.test_rows < 0:
+            raise ValueError(f"test_rows must be >= 0 (0 = the whole test split), got {self.test_rows}")
         if self.max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {self.max_history}")
         if self.n_pop_groups < 1:
@@ -160,6 +167,10 @@ def finalize(raw: RawDataset, spec: DatasetSpec, where: str) -> tuple[pd.DataFra
             raise DataError(f"{where}: the source produced no '{name}' split")
         frame = raw.splits[name]
         frame = _validate_split(frame, name, known, spec, dropped)
+        if name == "test" and 0 < spec.test_rows < len(frame):
+            keep = np.sort(np.random.default_rng(0).permutation(len(frame))[:spec.test_rows])
+            dropped["test_outside_sample"] += len(frame) - len(keep)
+            frame = frame.iloc[keep]
         truncated[name] = int((frame["history"].map(len) > spec.max_history).sum())
         frame["history"] = frame["history"].map(lambda h: [int(i) for i in h[-spec.max_history:]])
         frame["target"] = frame["target"].astype("int64")

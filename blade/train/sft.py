@@ -129,6 +129,27 @@ class _LogitsTap:
         self.handle.remove()
 
 
+LENGTH_WINDOW = 50  # batches per window that sft.length_batches sorts by length
+
+
+def epoch_batches(rng: np.random.Generator, lengths: np.ndarray, cfg: SFTConfig) -> list[np.ndarray]:
+    """One epoch's batches of row indices. Plain: consecutive slices of a shuffled order. With
+    ``length_batches``, the shuffled order is sorted by length (longest first) within windows of
+    ``LENGTH_WINDOW`` batches, sliced, and the batches shuffled: each batch pads to a length close to
+    its rows' own, and the order stays random at the level of batches (the megabatch scheme of
+    transformers' ``group_by_length``). Either way every row is seen once per epoch."""
+    order = rng.permutation(len(lengths))
+    B = cfg.batch_size
+    if cfg.length_batches:
+        window = B * LENGTH_WINDOW
+        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")]
+                                for w in np.split(order, range(window, len(order), window))])
+    batches = [order[b: b + B] for b in range(0, len(order), B)]
+    if cfg.length_batches:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
 def sft_loss(policy: Policy, prompts: list[list[int]], conts: list[list[int]], weights: list[list[float]],
              label_smoothing: float, total_weight: float | None = None) -> torch.Tensor:
     """Weighted token NLL of the target lists: Σ_t w_t ℓ_t / Σ_t w_t with ℓ_t = -log p(y_t) (ε = 0),
@@ -165,6 +186,10 @@ def train_sft(data: PreparedData, out_dir: str | Path, policy_cfg: PolicyConfig,
     add_dropout(policy.model, cfg.dropout)  # on both the fresh and the resumed model
     codec = policy.codec
     histories, targets = list(train["history"]), continuation_lists(train, cfg.target_len)
+    if 0 < cfg.train_rows < len(train):  # a fixed sample; continuations read the whole split
+        keep = np.sort(np.random.default_rng(0).permutation(len(train))[:cfg.train_rows])
+        train, histories, targets = train.iloc[keep], [histories[i] for i in keep], [targets[i] for i in keep]
+        print(f"sft: a fixed sample of {len(keep)} of {len(data.train)} train rows")
     if cfg.prefixes:
         more_histories, more_targets = prefix_rows(train, targets, cfg.target_len)
         print(f"sft: {len(train)} train rows + {len(more_histories)} prefix rows")
@@ -175,6 +200,7 @@ def train_sft(data: PreparedData, out_dir: str | Path, policy_cfg: PolicyConfig,
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(prompts) / cfg.batch_size)
+    lengths = np.array([len(p) + len(c) for p, c in zip(prompts, conts)])
     total = steps_per_epoch * cfg.epochs
 
     def lr_factor(step: int) -> float:
@@ -190,10 +216,10 @@ def train_sft(data: PreparedData, out_dir: str | Path, policy_cfg: PolicyConfig,
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         epoch = state["epoch"]
         policy.model.train()
-        order = np.random.default_rng([seed, epoch]).permutation(len(prompts))  # resumable data order
+        batches = epoch_batches(np.random.default_rng([seed, epoch]), lengths, cfg)  # resumable data order
         losses, norms = [], []
         for b in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch + 1}/{cfg.epochs}", mininterval=5):
-            idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
+            idx = batches[b]
             total_weight = None  # one process: the batch's own Σ w (bit for bit as before data parallelism)
             if procs.world > 1:  # the whole batch's, in every process
                 total_weight = float(sum(sum(weights[i]) for i in idx))
