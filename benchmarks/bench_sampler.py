@@ -31,6 +31,8 @@ the peak above the resident size at its start is reported (where the reset is no
     python benchmarks/bench_sampler.py --threads 1 --batch 64   # one thread, the smaller batch
     python benchmarks/bench_sampler.py --quick              # smoke run, seconds
     python benchmarks/bench_sampler.py --device cuda --dtype bfloat16 --out results/bench_sampler.json
+    # a real LLM: SmolLM2-135M-Instruct, title codec over Video_Games' 3,858 titles and its valid histories
+    python benchmarks/bench_sampler.py --model smollm2-135m-instruct --data results/data/video_games --batch 16
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from blade.data import PreparedData  # noqa: E402
 from blade.io import write_json  # noqa: E402
 from blade.model.policy import Policy, PolicyConfig  # noqa: E402
 from blade.sampling import ListSampler, _Chooser, _LeanLM  # noqa: E402
@@ -432,6 +435,14 @@ def breakdown(pol: Policy, sampler: ListSampler, prompts, greedy: bool, repeats:
 # ---- the benchmark --------------------------------------------------------------------------------
 def build_policy(codec: str, items: pd.DataFrame, args) -> Policy:
     torch.manual_seed(args.seed)
+    if args.model:  # a named pretrained LLM (blade/model/base_models.py), converted once if need be
+        from blade.model.base_models import convert
+
+        cfg = PolicyConfig(kind="pretrained", model=args.model, path=str(convert(args.model)), codec="title",
+                           dtype=args.dtype, device=args.device)
+        pol = Policy.build(cfg, items)
+        pol.model.eval()
+        return pol
     cfg = PolicyConfig(codec=codec, layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
                        intermediate=args.intermediate, dtype=args.dtype, device=args.device)
     pol = Policy.build(cfg, items)
@@ -542,8 +553,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-a", action="store_true", help="skip part (a)")
     ap.add_argument("--skip-b", action="store_true", help="skip part (b)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one repeat")
+    ap.add_argument("--model", default=None,
+                    help="(a) a named pretrained LLM instead of the tiny model, title codec (e.g. smollm2-135m-instruct)")
+    ap.add_argument("--data", default=None,
+                    help="(a) a prepared dataset (results/data/video_games): its catalogue and the histories of its "
+                         "first valid rows instead of synthetic ones")
     ap.add_argument("--out", default=None, help="write the results as JSON here (atomic write)")
     args = ap.parse_args(argv)
+    if args.model:
+        args.codecs, args.skip_b = "title", True  # an LLM generates titles; (b) scales the atomic tiny model
     if args.quick:
         args.batch, args.k, args.ratio_items, args.sizes, args.repeats = 4, 3, 60, "60,600", 1
         args.gen_full_upto, args.gen_contexts_large = 60, 2
@@ -566,7 +584,9 @@ def main(argv: list[str] | None = None) -> dict:
     env["transformers"] = transformers.__version__
     result: dict = {"config": vars(args).copy(), "env": env, "compare": {}, "scaling": {}}
     print(f"# ListSampler benchmark — {env}")
-    print(f"# model: tiny Qwen2, {args.layers} layers, hidden {args.hidden}; batch {args.batch}, K {args.k}; "
+    model = args.model or f"tiny Qwen2, {args.layers} layers, hidden {args.hidden}"
+    catalogue = args.data or f"synthetic, {args.ratio_items} items"
+    print(f"# model: {model}; catalogue: {catalogue}; batch {args.batch}, K {args.k}; "
           f"median of {args.repeats} after {args.warmup} warm-up; ListSampler decoder: "
           f"{'model forward (--no-lean)' if args.no_lean else 'lean where the model supports it'}")
 
@@ -581,9 +601,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.skip_a:
         rows = []
+        prepared = PreparedData.load(args.data) if args.data else None
         for codec in args.codecs.split(","):
-            pol = policy(codec, args.ratio_items)
-            prompts = [pol.codec.prompt(h, args.k) for h in synthetic_histories(args.ratio_items, args.batch, args.seed)]
+            if prepared is not None:
+                policies.clear()
+                _trim()
+                pol = policies[codec, 0] = build_policy(codec, prepared.items, args)
+                histories = prepared.valid["history"].iloc[:args.batch].tolist()
+            else:
+                pol = policy(codec, args.ratio_items)
+                histories = synthetic_histories(args.ratio_items, args.batch, args.seed)
+            prompts = [pol.codec.prompt(h, args.k) for h in histories]
             r = compare(pol, prompts, args.k, args, codec)
             result["compare"][codec] = r
             rows.append([codec, r["items"], r["contexts"], f"{r['code_len_mean']:.1f}", r["ours_lists_per_s"],

