@@ -7,10 +7,13 @@ rule base_model:
         "results/logs/base_model/{model}.log",
     benchmark:
         "results/benchmarks/base_model/{model}.tsv"
+    params:
+        blade=BLADE,
+        out=lambda wildcards, output: os.path.dirname(output[0]),
     conda:
         "../../environment.yml"
     shell:
-        "{BLADE} base-model --model {wildcards.model:q} --out results/models/base/{wildcards.model:q} > {log} 2>&1"
+        "{params.blade} base-model --model {wildcards.model:q} --out {params.out:q} > {log} 2>&1"
 
 
 rule sft:
