@@ -62,7 +62,9 @@ class SASRecConfig:
     weight_decay: float = option(0.0, help="AdamW weight decay")
     max_len: int = option(50, help="longest input sequence (older items are cut)")
     batch_size: int = option(128, help="train rows per optimiser step")
-    patience: int = option(5, help="stop after this many epochs without a valid NDCG@10 improvement")
+    patience: int = option(10, help="stop after this many epochs without a valid NDCG@10 improvement (RecBole's "
+                                    "stopping_step 10; with 5, Goodreads' 250-row slice stopped it at epoch 7 inside its "
+                                    "first-epochs plateau, test NDCG@10 0.0059, most-popular level)")
     positions: Literal["all", "last"] = option("all", help="next-item loss at every position or at the last only")
     selection_rows: int = option(1000, help="valid rows early stopping reads (the same fixed slice as "
                                             "evaluate.selection_rows; 0 = all)")
