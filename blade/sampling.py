@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from blade.metrics import invalid_rate
 from blade.model.constraint import BIG, ListMask, TrieTables
+from blade.model.decoder import DecoderParts
 from blade.model.policy import Policy, unwrap_peft
 
 
@@ -274,53 +275,16 @@ class _HFLM:
         return out.logits[:, -1].float()
 
 
-class _LeanLM:
+class _LeanLM(DecoderParts):
     """Decoding for models made of Llama/Qwen2 decoder blocks, through the model's own modules
     (so LoRA layers, biases, the configured activation and rotary embedding apply), with a
     preallocated KV cache (R, kv_heads, P + steps, head_dim) per layer and an additive attention mask.
-    It computes what the model's ``forward`` computes with the same operations (float32 RMSNorm
-    through the fused ``F.rms_norm``, rotary embedding as ``x·cos + roll(x)·±sin``: both give the
-    same bits as the modules' own code); tested against ``forward`` and ``generate``."""
-
-    BLOCKS = {("Qwen2DecoderLayer", "Qwen2Attention"), ("LlamaDecoderLayer", "LlamaAttention")}
-    NORMS = {"Qwen2RMSNorm", "LlamaRMSNorm"}
-
-    @classmethod
-    def supports(cls, model) -> bool:
-        base = unwrap_peft(model)
-        body = getattr(base, "model", None)
-        layers = getattr(body, "layers", None)
-        if not layers or not isinstance(getattr(base, "lm_head", None), torch.nn.Module) or any(
-                not hasattr(body, n) for n in ("embed_tokens", "norm", "rotary_emb")):
-            return False
-        if any(t != "full_attention" for t in (getattr(base.config, "layer_types", None) or ())):
-            return False  # sliding-window layers
-        if base.training and getattr(base.config, "attention_dropout", 0.0):
-            return False  # attention dropout is the model's own business
-        return all((type(b).__name__, type(b.self_attn).__name__) in cls.BLOCKS and b.self_attn.head_dim % 2 == 0
-                   for b in layers)
+    It computes what the model's ``forward`` computes with the same operations
+    (:class:`blade.model.decoder.DecoderParts`); tested against ``forward`` and ``generate``."""
 
     def __init__(self, model, ids: torch.Tensor, attn: torch.Tensor, n_new: int):
-        base = unwrap_peft(model)
-        self.body, self.head, self.layers = base.model, base.lm_head, list(base.model.layers)
-        self.hd = self.layers[0].self_attn.head_dim
-        self.H, self.KH = base.config.num_attention_heads, base.config.num_key_value_heads
+        super().__init__(model)
         self.ids, self.attn, self.n_new = ids, attn, n_new
-
-    def _norm(self, mod, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and type(mod).__name__ in self.NORMS:
-            return F.rms_norm(x, mod.weight.shape, mod.weight, mod.variance_epsilon)
-        return mod(x)
-
-    def _rotary(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, ±sin) for positions ``pos`` (N,), shaped (N, 1, head_dim) to broadcast over heads."""
-        cos, sin = self.body.rotary_emb(x, pos[None])
-        h = self.hd // 2
-        return cos[0, :, None], torch.cat((-sin[0, :, :h], sin[0, :, h:]), -1)[:, None]
-
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x·cos + rotate_half(x)·sin, with rotate_half(x) = (-x2, x1) = roll(x)·(-1, 1)
-        return x * cos + x.roll(self.hd // 2, -1) * sin
 
     def prefill(self) -> torch.Tensor:
         """Logits at every row's last prompt token; fills the cache. Repeated prompts (a rollout's

@@ -46,7 +46,7 @@ def test_llm_config_runs_end_to_end_on_a_slice(tmp_path, video_games, smollm2_ba
     (work / f"results/models/base/{MODEL}").symlink_to(smollm2_base, target_is_directory=True)
     override = {
         "run": {"methods": ["blade"]},
-        "datasets": {"video_games": {"test_rows": 6, "params": {"path": str(video_games)}}},
+        "datasets": {"video_games_llm": {"test_rows": 6, "params": {"path": str(video_games)}}},
         "sft": {"train_rows": 16, "batch_size": 8, "epochs": 1, "warmup_steps": 1, "k": 3, "select_metric": "ndcg@3"},
         "rollout": {"m": 4, "max_contexts": 2, "k": 3, "batch_size": 8},
         "align": {"steps": 1, "contexts_per_step": 1, "group_size": 2, "k": 3, "eval_every": 1, "batch_size": 8},
@@ -59,17 +59,17 @@ def test_llm_config_runs_end_to_end_on_a_slice(tmp_path, video_games, smollm2_ba
     res = work / "results"
     base = json.loads((res / f"models/base/{MODEL}/base_model.json").read_text())
     assert base["model"] == MODEL and len(base["gguf_sha256"]) == 64
-    stats = json.loads((res / "data/video_games/stats.json").read_text())
+    stats = json.loads((res / "data/video_games_llm/stats.json").read_text())
     assert stats["n_rows"]["test"] == 6 and stats["dropped"]["test_outside_sample"] == 6142 - 6
-    sft = res / "models/video_games/sft/seed0/best"
+    sft = res / "models/video_games_llm/sft/seed0/best"
     adapter = json.loads((sft / "adapter_config.json").read_text())
     assert adapter["r"] == 8 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
     assert json.loads((sft / "policy.json").read_text())["path"] == f"results/models/base/{MODEL}"
-    test_ids = set(pd.read_parquet(res / "data/video_games/test.parquet")["context_id"])
+    test_ids = set(pd.read_parquet(res / "data/video_games_llm/test.parquet")["context_id"])
     for method, reward in (("sft", "none"), ("blade", "graded"), ("mostpop", "none")):
-        metrics = json.loads((res / f"eval/video_games/{reward}/{method}/seed0/test/metrics.json").read_text())
+        metrics = json.loads((res / f"eval/video_games_llm/{reward}/{method}/seed0/test/metrics.json").read_text())
         assert metrics["invalid_rate"] == 0 and 0 <= metrics["ndcg@3"] <= 1, (method, metrics)
-        per_user = pd.read_parquet(res / f"eval/video_games/{reward}/{method}/seed0/test/per_user.parquet")
+        per_user = pd.read_parquet(res / f"eval/video_games_llm/{reward}/{method}/seed0/test/per_user.parquet")
         assert len(per_user) == 6, method  # every row of the table on the same fixed sample
     assert len(test_ids) == 6
     main = (res / "tables/main.md").read_text()

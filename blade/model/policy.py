@@ -21,6 +21,8 @@ from blade.io import write_json
 from blade.model.codec import ItemCodec, tiny_tokenizer
 from blade.model.constraint import TrieTables, mask_list_logits_
 from blade.model.config import LoraOptions, PolicyConfig  # noqa: F401 — re-exported: the policy's config
+from blade.model.shared_prompt import SharedPromptForward
+from blade.model.wrappers import is_peft, unwrap_peft  # noqa: F401 — re-exported
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,6 +32,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Policy:
+    # Constrained scoring of Llama/Qwen2-block models runs each distinct prompt once
+    # (blade/model/shared_prompt.py); False forces the padded forward over every (prompt, list) row.
+    share_prompts = True
+
     def __init__(self, model, codec: ItemCodec, config: PolicyConfig):
         self.model, self.codec, self.config = model, codec, config
 
@@ -131,6 +137,10 @@ class Policy:
         next to the forward pass: the mask is replayed step by step, one (rows, V) mask at a time,
         and added to the logits in place — no (R, T, V) tensor beyond the logits themselves.
         """
+        if constrained and self.share_prompts and SharedPromptForward.supports(self.model):
+            # one pass per distinct prompt, lists attending to its keys/values (blade/model/shared_prompt.py)
+            logits, target, mask = SharedPromptForward(self.model).logits(prompts, conts, self.codec.pad_id)
+            return self._constrained_logp(logits, target, mask)
         pad = self.codec.pad_id
         P, T = max(map(len, prompts)), max(map(len, conts))
         R = len(prompts)
@@ -147,8 +157,17 @@ class Policy:
         target = ids[:, P:]
         mask = attn[:, P:].bool()
         if constrained:
-            mask_list_logits_(TrieTables(self.codec, self.vocab_size, self.device), logits, target, mask)
+            return self._constrained_logp(logits, target, mask)
         logp = -F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none").view(R, T)
+        return logp * mask, mask
+
+    def _constrained_logp(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits (R, T, V) float32 → (constrained logp (R, T), mask): the sampler's mask added in
+        place, then each target token's log-softmax (0 on padding)."""
+        R, T, V = logits.shape
+        mask_list_logits_(TrieTables(self.codec, self.vocab_size, self.device), logits, target, mask)
+        logp = -F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), reduction="none").view(R, T)
         return logp * mask, mask
 
 
@@ -173,15 +192,6 @@ def _base_vocab_size(config: PolicyConfig) -> int:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(config.path, trust_remote_code=False).get_text_config().vocab_size
-
-
-def is_peft(model) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-
-
-def unwrap_peft(model):
-    """The base model under a LoRA (peft) wrapper; any other model as it is."""
-    return model.get_base_model() if is_peft(model) else model
 
 
 def _embedding_names(model) -> list[str]:
