@@ -46,7 +46,48 @@ class DistinctItems:
         return scores
 
 
-def _constrained_rollout(item_mask: torch.Tensor) -> Callable:
+class TitleLists:
+    """A ``transformers`` logits processor for multi-token codes (the title codec): at each step the
+    trie edges that lead to an item not yet in the completion (:class:`blade.model.constraint.ListMask`,
+    the mask our sampler draws under), and after K items EOS only, which ends the completion (the
+    codec's padding is EOS for SmolLM2). One instance per ``generate`` call."""
+
+    def __init__(self, tables, k: int, prompt_len: int, eos: int):
+        self.tables, self.k, self.prompt_len, self.eos = tables, k, prompt_len, eos
+        self.lists = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        from blade.model.constraint import ListMask
+
+        if self.lists is None:
+            self.lists = ListMask(self.tables, input_ids.shape[0], self.k)
+        else:  # the token drawn under the previous mask
+            self.lists.advance(input_ids[:, -1].to(self.tables.item_ids.device))
+        neg = self.lists.next().clone()
+        done = ~self.lists.active
+        neg[done] = -1.0
+        neg[done, self.eos] = 0.0
+        return scores.masked_fill(neg.to(scores.device) < 0, float("-inf"))
+
+
+def list_items(tables, k: int, completions: list[list[int]], eos: int) -> torch.Tensor:
+    """The items (R, k) of multi-token completions, read by replaying them through the list mask
+    (-1 where a completion ends early or leaves the trie)."""
+    from blade.model.constraint import ListMask
+
+    T = max(map(len, completions))
+    tok = torch.full((len(completions), T), eos, dtype=torch.long)
+    for r, c in enumerate(completions):
+        tok[r, :len(c)] = torch.tensor(c, dtype=torch.long)
+    lists = ListMask(tables, len(completions), k)
+    for t in range(T):
+        lists.next()
+        lists.advance(tok[:, t])
+    items = lists.items
+    return torch.where(items >= 0, tables.item_ids[items.clamp(min=0)], items)
+
+
+def _constrained_rollout(item_mask: torch.Tensor | None, processor: Callable | None = None) -> Callable:
     """A ``rollout_func``: TRL's own generation call (its generation config, its model unwrapping)
     plus :class:`DistinctItems`; one completion per prompt it is given (the sampler already repeats
     each prompt G times)."""
@@ -59,8 +100,8 @@ def _constrained_rollout(item_mask: torch.Tensor) -> Callable:
         with (unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                           generation_kwargs=trainer.generation_kwargs) as model,
               torch.no_grad()):
-            out = model.generate(**enc, generation_config=trainer.generation_config,
-                                 logits_processor=[DistinctItems(item_mask, width)])
+            constraint = DistinctItems(item_mask, width) if processor is None else processor(width)
+            out = model.generate(**enc, generation_config=trainer.generation_config, logits_processor=[constraint])
         prompt_ids = [ids[m.bool()].tolist() for ids, m in zip(enc["input_ids"].cpu(), enc["attention_mask"].cpu())]
         return {"prompt_ids": prompt_ids, "completion_ids": out[:, width:].cpu().tolist(), "logprobs": None}
 
@@ -84,7 +125,8 @@ def load_tokenizer(model_dir: Path):
 def train_trl_grpo(model_dir: Path, out_dir: Path, prompts: list[str], rows: list[int], reward_fn: Callable,
                    item_token_ids: list[int], *, variant: str, contexts: int, group: int, k: int, lr: float,
                    beta: float, grad_clip: float, device: str, dtype: str, wait_turn: Callable[[], None],
-                   report: Callable[[float], None]) -> None:
+                   report: Callable[[float], None], model=None, tokenizer=None, processor: Callable | None = None,
+                   max_completion: int | None = None) -> None:
     """``len(prompts) // contexts`` GRPO steps of TRL on ``model_dir`` (and, β > 0, a reference
     loaded from the same path), ``contexts`` prompts × ``group`` completions of ``k`` tokens each.
 
@@ -92,6 +134,11 @@ def train_trl_grpo(model_dir: Path, out_dir: Path, prompts: list[str], rows: lis
     step s. ``wait_turn()`` blocks before each step; ``report(seconds)`` gets each step's wall time,
     from the turn's start to TRL's ``on_step_end`` (data loading, generation, reward, reference
     forward, loss, backward, clipping, optimiser and scheduler; the logging of the step before).
+
+    A pretrained LLM (the title codec): ``model`` is the loaded LoRA model (TRL then takes π_ref as
+    the base with the adapter disabled: one model in memory), ``tokenizer`` its tokenizer,
+    ``processor(prompt_width)`` the logits processor of the ``rollout`` variant (:class:`TitleLists`)
+    and ``max_completion`` the most tokens a list can take.
     """
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import warnings
@@ -106,7 +153,7 @@ def train_trl_grpo(model_dir: Path, out_dir: Path, prompts: list[str], rows: lis
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown TRL variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = tokenizer or load_tokenizer(model_dir)
     vocab = len(tokenizer)
     item_mask = torch.zeros(vocab, dtype=torch.bool)
     item_mask[item_token_ids] = True
@@ -119,7 +166,7 @@ def train_trl_grpo(model_dir: Path, out_dir: Path, prompts: list[str], rows: lis
     steps = len(prompts) // contexts
     args = GRPOConfig(
         output_dir=str(out_dir), per_device_train_batch_size=contexts * group, num_generations=group,
-        max_completion_length=k, max_steps=steps, learning_rate=lr, lr_scheduler_type="constant", beta=beta,
+        max_completion_length=max_completion or k, max_steps=steps, learning_rate=lr, lr_scheduler_type="constant", beta=beta,
         max_grad_norm=grad_clip, temperature=1.0, top_p=1.0, generation_kwargs=generation_kwargs,
         # not TRL's defaults (True): a tiny float32 model on CPU needs neither, and our step uses neither
         gradient_checkpointing=False, bf16=dtype == "bfloat16",
@@ -143,9 +190,10 @@ def train_trl_grpo(model_dir: Path, out_dir: Path, prompts: list[str], rows: lis
                 self.start = time.perf_counter()
 
     trainer = GRPOTrainer(
-        model=str(model_dir), reward_funcs=reward_fn, args=args, processing_class=tokenizer,
-        train_dataset=Dataset.from_dict({"prompt": prompts, "row": rows}), callbacks=[Lockstep()],
-        rollout_func=_constrained_rollout(item_mask) if variant == "rollout" else None,
+        model=model if model is not None else str(model_dir), reward_funcs=reward_fn, args=args,
+        processing_class=tokenizer, train_dataset=Dataset.from_dict({"prompt": prompts, "row": rows}),
+        callbacks=[Lockstep()],
+        rollout_func=_constrained_rollout(item_mask, processor) if variant == "rollout" else None,
     )
     trainer.remove_callback(PrinterCallback)  # its end-of-training metrics dict, one per worker
     trainer.train()

@@ -1,5 +1,6 @@
-"""Benchmark of one alignment step (``blade.align.loop.alignment_step``) on the tiny model, against
-TRL 1.16's ``GRPOTrainer`` on the same model, contexts, group size and list length.
+"""Benchmark of one alignment step (``blade.align.loop.alignment_step``) on the tiny model or a
+pretrained LLM (``--model``), against TRL 1.16's ``GRPOTrainer`` on the same model, contexts, group
+size and list length.
 
 Each side runs in its own process ("worker"), all built from one saved model and one prepared
 dataset; the workers take turns, one step each, round after round (the order rotating), so machine
@@ -8,12 +9,15 @@ warm-up steps), lists/s (B·G lists per step) and the worker's peak resident mem
 ``ru_maxrss``: imports and both models included; "+steps" is what stepping added over the ready
 worker). Ours also prints each part's median — rollout (constrained sampling of B·G lists), scoring
 (the list reward), forward (constrained policy log-probs with grad + reference log-probs: two
-forwards, each with the sampler's mask replayed), objective, backward (the alignment term's, then
+forwards, each running every distinct prompt once (blade/model/shared_prompt.py) and replaying the
+sampler's mask), objective, backward (the alignment term's, then
 the penalty's on the retained graph every ``grad_norm_every`` = 5 steps, so that the alignment
 term's own gradient norm is logged; one pass otherwise), optimizer.
 
 Sides: ``--method blade`` (one row per ``--estimator``) and ``grpo`` (``baselines/grpo.py``, β 0.04,
-TRL 1.16's loss) through our loop; ``dpo`` (offline, M = 16 stored lists per context) as the loop
+TRL 1.16's loss) through our loop; ``padded``: that GRPO with the padded per-list forward
+(``Policy.share_prompts = False``: each list's prompt recomputed, padding computed), the step before
+one prompt pass per context; ``dpo`` (offline, M = 16 stored lists per context) as the loop
 runs it — scoring only the best and worst list its loss reads (``Objective.lists_read``) — and as
 ``dpo:every``, scoring all 16 (the loop before that hook; "lists/s" counts B·M for both);
 ``--trl`` variants of TRL's trainer (β 0.04, so with its reference model loaded from the same
@@ -39,6 +43,16 @@ sides (2 threads on a loaded 2-core box: 3-9x): read the ratio, and compare runs
     python benchmarks/bench_align_step.py --estimator dp,nig,static --trl none   # estimators only
     python benchmarks/bench_align_step.py --device cuda --dtype bfloat16 --hidden 1024 --layers 8 --heads 16 \
         --kv-heads 4
+
+A pretrained LLM (``--model``, converted by ``blade base-model``; ``--data``, a prepared dataset):
+SmolLM2-135M-Instruct with the title codec and LoRA r 8 on q/v, as config/llm.yaml trains it. TRL
+trains the same loaded LoRA model (its π_ref: the adapter disabled, one model in memory; ours loads
+π_ref as a second model), its generation constrained by :class:`benchmarks._trl_grpo.TitleLists`,
+the trie mask our sampler draws under (variant ``rollout`` only):
+
+    python benchmarks/bench_align_step.py --threads 1 --model smollm2-135m-instruct \
+        --data results/data/video_games_llm --dtype bfloat16 --contexts 8 --group 4 --k 10 --steps 3 \
+        --method grpo,blade,padded --trl rollout
 """
 
 from __future__ import annotations
@@ -69,7 +83,8 @@ OFFLINE_M = 16  # stored reference lists per context of the offline sides (rollo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", default="blade,grpo", help="comma-separated, ours: blade,grpo")
+    ap.add_argument("--method", default="blade,grpo",
+                    help="comma-separated, ours: blade, grpo, padded (GRPO with the padded per-list forward), dpo")
     ap.add_argument("--estimator", default="dp", help="BLADE's estimators, comma-separated: dp,nig,static")
     ap.add_argument("--trl", default="rollout,items",
                     help="TRL GRPOTrainer variants, comma-separated: rollout (exact constraint through rollout_func), "
@@ -90,6 +105,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--reward", default="ndcg", help="comma-separated reward names, weight 1 each")
     ap.add_argument("--beta-kl", type=float, default=None, help="BLADE's β_kl (default: its config default)")
+    ap.add_argument("--model", default=None,
+                    help="a pretrained base model of blade/model/base_models.py (e.g. smollm2-135m-instruct, converted "
+                         "by `blade base-model`) as the policy, with the title codec and LoRA r 8 on q/v, instead of "
+                         "the tiny model; needs --data")
+    ap.add_argument("--data", default=None, help="with --model: a prepared dataset (results/data/NAME)")
     args = ap.parse_args()
     if args.threads is None:
         import torch
@@ -101,13 +121,16 @@ def main() -> None:
              for e in _names(args.estimator) if "blade" in _names(args.method)]
     if "grpo" in _names(args.method):
         sides.append({"name": "grpo", "kind": "ours", "method": "grpo", "options": {"beta": GRPO_BETA}})
+    if "padded" in _names(args.method):  # GRPO scored as before one prompt pass per context: every (prompt, list) row
+        sides.append({"name": "grpo:padded", "kind": "ours", "method": "grpo", "options": {"beta": GRPO_BETA},
+                      "padded": True})
     if "dpo" in _names(args.method):  # offline: the loss reads 2 of M = 16 stored lists per context
         sides += [{"name": "dpo", "kind": "ours", "method": "dpo", "options": {}, "offline": True},
                   {"name": "dpo:every", "kind": "ours", "method": "dpo", "options": {}, "offline": True,
                    "every": True}]
-    unknown = set(_names(args.method)) - {"blade", "grpo", "dpo"}
+    unknown = set(_names(args.method)) - {"blade", "grpo", "padded", "dpo"}
     if unknown:
-        ap.error(f"--method: unknown {sorted(unknown)}; valid: blade, grpo, dpo")
+        ap.error(f"--method: unknown {sorted(unknown)}; valid: blade, grpo, padded, dpo")
     if args.trl != "none":
         from benchmarks._trl_grpo import VARIANTS
 
@@ -137,11 +160,22 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> dict:
 
     _quiet()
     seed_everything(0)
-    data = tmp / "data"
-    prepare({"source": "synthetic", "params": {"n_users": args.n_users, "n_items": args.n_items, "seed": 0}}, data)
-    items, splits, _ = load_prepared(data)
-    policy_cfg = PolicyConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
-                              intermediate=4 * args.hidden, dtype=args.dtype, device=args.device)
+    if args.model:  # a pretrained LLM: titles, LoRA, a real dataset
+        from blade.model.policy import LoraOptions
+
+        if not args.data:
+            raise SystemExit("--model needs --data: a prepared dataset, e.g. results/data/video_games_llm")
+        data = Path(args.data)
+        items, splits, _ = load_prepared(data)
+        policy_cfg = PolicyConfig(kind="pretrained", model=args.model, codec="title", dtype=args.dtype,
+                                  device=args.device, lora=LoraOptions(rank=8, alpha=16, dropout=0.05,
+                                                                       targets=["q_proj", "v_proj"]))
+    else:
+        data = tmp / "data"
+        prepare({"source": "synthetic", "params": {"n_users": args.n_users, "n_items": args.n_items, "seed": 0}}, data)
+        items, splits, _ = load_prepared(data)
+        policy_cfg = PolicyConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
+                                  intermediate=4 * args.hidden, dtype=args.dtype, device=args.device)
     policy = Policy.build(policy_cfg, items)
     policy.save(tmp / "model")
     n_ctx = min(len(splits["train"]), 4096)
@@ -162,6 +196,7 @@ def _lockstep(sides: list[dict], common: dict) -> list[dict]:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, args=(child, json.dumps(side), json.dumps(common)), daemon=True)
         proc.start()
+        child.close()  # the worker's end lives in the worker only: its death (an OOM kill) reads as EOF here
         conns.append(parent)
         procs.append(proc)
     ready = [_recv(conn, side["name"]) for side, conn in zip(sides, conns)]  # each one's RSS when ready
@@ -185,7 +220,7 @@ def _recv(conn, name: str) -> dict:
     try:
         msg = json.loads(conn.recv_bytes())
     except EOFError:
-        raise SystemExit(f"worker {name!r} died (its traceback is above)") from None
+        raise SystemExit(f"worker {name!r} died (its traceback is above; none if the kernel killed it for memory)") from None
     return msg
 
 
@@ -232,6 +267,7 @@ def _our_side(side, common, wait_turn, report, ready) -> None:
     torch.set_num_threads(common["threads"])  # instead of blade's pinned count: the same on every side
     items, splits, stats = load_prepared(common["data_dir"])
     train = splits["train"]
+    Policy.share_prompts = not side.get("padded")
     policy = Policy.load(common["model_dir"], common["device"])
     ref = Policy.load(common["model_dir"], common["device"])
     ref.model.eval()
@@ -275,20 +311,35 @@ def _trl_side(side, common, wait_turn, report, ready) -> None:
     from blade.model.codec import ItemCodec
     from blade.rewards import ListReward, RewardConfig
 
-    # TRL as a user runs it: its Trainer seeds itself (seed 0); no blade.seeding, whose deterministic
-    # kernels fill every torch.empty with NaN — measured 2.2-3.0 s per TRL step here against TRL's default
+    # TRL as a user runs it: its Trainer seeds itself (seed 0), without blade.seeding's deterministic
+    # kernels (whose NaN fill of every torch.empty, blade.seeding now turns off, once cost TRL 2.2-3.0 s a step)
     torch.set_num_threads(common["threads"])
     items, splits, stats = load_prepared(common["data_dir"])
     train = splits["train"]
     codec = ItemCodec.load(common["model_dir"])
-    if codec.kind != "atomic":
-        raise SystemExit("the TRL comparison decodes one token per item: the atomic codec only")
     reward = ListReward(RewardConfig(weights={n: 1.0 for n in _names(common["reward"])}), items, train, stats)
     histories, targets = train["history"].tolist(), train["target"].to_numpy()
-    tok = load_tokenizer(common["model_dir"])
-    item_tokens = [c[0] for c in codec.codes]
-    token_item = np.full(len(tok), -1, dtype=np.int64)  # token id → item id, -1 off the catalogue
-    token_item[item_tokens] = codec.item_ids
+    llm = {}
+    if codec.kind == "atomic":
+        tok = load_tokenizer(common["model_dir"])
+        item_tokens = [c[0] for c in codec.codes]
+        token_item = np.full(len(tok), -1, dtype=np.int64)  # token id → item id, -1 off the catalogue
+        token_item[item_tokens] = codec.item_ids
+    else:  # titles: TRL trains the same LoRA model, generation constrained by the same trie mask as ours
+        from benchmarks._trl_grpo import TitleLists, list_items
+        from blade.model.constraint import TrieTables
+        from blade.model.policy import Policy
+
+        if side["variant"] != "rollout":
+            raise SystemExit(f"TRL variant {side['variant']!r}: with the title codec only 'rollout' constrains lists")
+        policy = Policy.load(common["model_dir"], common["device"])
+        tok, item_tokens = codec.tokenizer, []
+        tables = TrieTables(codec, policy.vocab_size, torch.device("cpu"))
+        eos = tok.eos_token_id
+        if codec.pad_id != eos:
+            raise SystemExit("the title codec's TRL side needs the codec's padding to be EOS (SmolLM2's is)")
+        llm = {"model": policy.model, "tokenizer": tok, "max_completion": common["k"] * codec.trie.depth,
+               "processor": lambda width: TitleLists(tables, common["k"], width, eos)}
 
     K, G, schedule = common["k"], common["group"], common["schedule"]
     seen = {"steps": 0, "not_list": float("nan")}
@@ -301,9 +352,12 @@ def _trl_side(side, common, wait_turn, report, ready) -> None:
         if not np.array_equal(np.asarray(row), expected):
             raise RuntimeError(f"TRL step {seen['steps']}: its contexts differ from the schedule ours steps through")
         seen["steps"] += 1
-        lists = np.full((len(completion_ids), K), -1, dtype=np.int64)
-        for r, ids in enumerate(completion_ids):
-            lists[r, : min(len(ids), K)] = token_item[np.asarray(ids[:K], dtype=np.int64)]
+        if llm:
+            lists = list_items(tables, K, completion_ids, eos).numpy()
+        else:
+            lists = np.full((len(completion_ids), K), -1, dtype=np.int64)
+            for r, ids in enumerate(completion_ids):
+                lists[r, : min(len(ids), K)] = token_item[np.asarray(ids[:K], dtype=np.int64)]
         # share of completions that are not lists of K distinct catalogue items (ours: 0 by construction)
         distinct = np.array([len(set(lst)) for lst in lists.tolist()])
         seen["not_list"] = float(np.mean((lists < 0).any(1) | (distinct < K)))
@@ -314,7 +368,7 @@ def _trl_side(side, common, wait_turn, report, ready) -> None:
     rows = [r for step_rows in schedule for r in step_rows]
     # the prompt as text, which TRL's tokenizer call must turn back into exactly codec.prompt's ids
     ids = [codec.prompt(histories[r], K) for r in rows]
-    prompts = [" ".join(tok.convert_ids_to_tokens(p)) for p in ids]
+    prompts = [tok.decode(p) if llm else " ".join(tok.convert_ids_to_tokens(p)) for p in ids]
     if tok(prompts, add_special_tokens=True)["input_ids"] != ids:
         raise SystemExit("TRL side: the prompt texts do not tokenise back to the codec's prompt ids")
     first = {"done": False}
@@ -328,7 +382,7 @@ def _trl_side(side, common, wait_turn, report, ready) -> None:
     train_trl_grpo(Path(common["model_dir"]), Path(common["out_dir"]) / f"trl_{side['variant']}", prompts, rows,
                    list_reward, item_tokens, variant=side["variant"], contexts=common["contexts"], group=G, k=K,
                    lr=LR, beta=GRPO_BETA, grad_clip=1.0, device=common["device"], dtype=common["dtype"],
-                   wait_turn=wait_then_mark, report=lambda s: report({"total": s, "not_list": seen["not_list"]}))
+                   wait_turn=wait_then_mark, report=lambda s: report({"total": s, "not_list": seen["not_list"]}), **llm)
 
 
 def _quiet() -> None:

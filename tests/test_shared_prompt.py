@@ -92,3 +92,45 @@ def test_other_models_take_the_padded_forward():
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     assert not SharedPromptForward.supports(model)
+
+
+@pytest.mark.parametrize("codec", ["atomic", "title"])
+def test_the_head_in_checkpointed_chunks_gives_the_same_logprobs_and_gradients(codec, monkeypatch):
+    """A real vocabulary's logits are applied a few lists at a time and recomputed in backward;
+    forced here to one list per chunk, against the whole batch at once."""
+    pol = _build(codec, "llama", SYNTH, lora=True)
+    prompts = [pol.codec.prompt(h, 3) for h in SYNTH_HISTORIES[:6] for _ in range(2)]
+    pol.model.eval()
+    lists = ListSampler(pol, 3).generate(prompts, generator=torch.Generator().manual_seed(2))
+    conts = [t[m].tolist() for t, m in zip(lists.tokens, lists.mask)]
+    whole, _, g_whole = _scored(pol, prompts, conts, share=True)
+    monkeypatch.setattr(Policy, "HEAD_CHUNK", 1)
+    chunked, _, g_chunked = _scored(pol, prompts, conts, share=True)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    for name in g_whole:  # summed over chunks in another order: float32 rounding, relative to the largest entry
+        scale = g_whole[name].abs().max().clamp(min=1e-6)
+        assert (g_chunked[name] - g_whole[name]).abs().max() / scale < 1e-4, name
+    with torch.no_grad():  # no graph: plain chunks
+        pol.share_prompts = True
+        nograd, _ = pol.token_logprobs(prompts, conts, constrained=True)
+    torch.testing.assert_close(nograd, whole, atol=1e-6, rtol=0)
+
+
+def test_a_list_that_repeats_an_item_is_refused_naming_its_position():
+    """The sparse allowed-token scorer checks the lists as the dense replay does: the same error,
+    at the first token of the repeat that no unlisted item shares (titles share prefixes)."""
+    pol = _build("title", "qwen2", SYNTH)
+    item = int(SYNTH.item_id[4])
+    conts = [pol.codec.list_tokens([int(SYNTH.item_id[1]), item]), pol.codec.list_tokens([item, item])]
+    prompts = [pol.codec.prompt(h, 2) for h in SYNTH_HISTORIES[:2]]
+    n = len(pol.codec.list_tokens([item]))
+    messages = []
+    for share in (True, False):
+        pol.share_prompts = share
+        with pytest.raises(ValueError, match=r"list 1: token \d+ at position (\d+) is not allowed") as err:
+            pol.token_logprobs(prompts, conts, constrained=True)
+        messages.append(str(err.value))
+        assert (pol.allowed_tokens(conts[:1]) is not None) == share
+    assert messages[0] == messages[1]
+    at = int(messages[0].split("position ")[1].split()[0])
+    assert n <= at < 2 * n

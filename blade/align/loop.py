@@ -281,9 +281,10 @@ def _scored_shared(policy: Policy, ref: Policy, prompts: list[list[int]], conts:
         token_logp = torch.zeros((0, 1), device=policy.device) + 0.0 * anchor.reshape(-1)[0]
         mask, ref_logp = torch.zeros((0, 1), dtype=torch.bool, device=policy.device), torch.zeros((0, 1), device=policy.device)
     else:
-        token_logp, mask = policy.token_logprobs(prompts, conts, constrained=True)    # (L_share, T), with grad
+        allowed = policy.allowed_tokens(conts)  # the constraint replayed once for both (None: not read)
+        token_logp, mask = policy.token_logprobs(prompts, conts, constrained=True, allowed=allowed)  # (L_share, T)
         with torch.no_grad():
-            ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
+            ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True, allowed=allowed)
     if procs.world == 1:
         return token_logp, mask, ref_logp
     token_logp = procs.gather_rows(token_logp, n)                                 # (L, T_max)

@@ -65,6 +65,17 @@ class ListMask:
             self.remaining = tables.trie.count.to(torch.int32).expand(R, -1).clone()  # (R, nodes)
             self.neg = torch.empty((R, tables.vocab), device=dev)
 
+    def allowed_pairs(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-token codes: what :meth:`next` allows, as (row (E,), token (E,)) pairs of the
+        active rows, without the dense (R, V) mask; inactive rows get none. Advance with
+        :meth:`advance` as after :meth:`next`."""
+        t = self.t
+        self.active = active
+        er, e = t.trie.edges(self.node)
+        ok = (self.remaining[er, t.trie.child_node[e]] > 0) & active[er]
+        self._edges = er, e
+        return er[ok], t.trie.child_token[e[ok]]
+
     def next(self, active: torch.Tensor | None = None) -> torch.Tensor:
         """The mask (R, V) for the next token. ``active`` (R,) bool: the rows still listing; None =
         the sampler's rule (atomic: every row, for exactly k steps; else rows with < k items)."""
@@ -158,3 +169,47 @@ def mask_list_logits_(tables: TrieTables, logits: torch.Tensor, target: torch.Te
         tok = int(target[r, t])
         raise ValueError(f"list {r}: token {tok} at position {t} is not allowed there — the continuation is not a "
                          "list of distinct catalogue items in the codec's codes (policy.codec.list_tokens(items))")
+
+
+class AllowedTokens:
+    """The tokens the list constraint allows at every real position of given lists, as sparse
+    (position, token) pairs: multi-token codes allow a few of V tokens per position (Video_Games'
+    titles under SmolLM2: 0.05% of the (R, T, V) entries), so the constrained log-prob needs the
+    logits of those entries only (``Policy.token_logprobs``, ``allowed=``). It depends on the lists
+    alone, not on θ: one replay per alignment step serves the policy, π_ref and any anchor.
+
+    ``pos`` (E,) flat positions r·T + t, ascending; ``tok`` (E,) token ids; ``shape`` (R, T).
+    Raises ValueError, naming the list and position, where a list is not a valid list."""
+
+    def __init__(self, tables: TrieTables, target: torch.Tensor, mask: torch.Tensor):
+        if tables.atomic:
+            raise ValueError("AllowedTokens is for multi-token codes; one-token codes mask densely")
+        R, T = target.shape
+        dev = tables.item_ids.device
+        target, mask = target.to(dev), mask.to(dev)
+        pos, tok = [], []
+        for r0 in range(0, R, _REPLAY_ROWS):
+            rows = slice(r0, min(r0 + _REPLAY_ROWS, R))
+            lists = ListMask(tables, rows.stop - r0, T)
+            for t in range(T):
+                er, et = lists.allowed_pairs(mask[rows, t])
+                pos.append((er + r0) * T + t)
+                tok.append(et)
+                lists.advance(target[rows, t])
+        self.shape = (R, T)
+        pos, tok = torch.cat(pos), torch.cat(tok)
+        order = torch.argsort(pos, stable=True)
+        self.pos, self.tok = pos[order], tok[order]
+        self._check(target, mask)
+
+    def _check(self, target: torch.Tensor, mask: torch.Tensor) -> None:
+        hit = torch.zeros(target.numel(), dtype=torch.bool, device=target.device)
+        ok = self.tok == target.reshape(-1)[self.pos]
+        hit[self.pos[ok]] = True
+        bad = mask.reshape(-1) & ~hit
+        if bool(bad.any()):
+            flat = int(bad.nonzero()[0])
+            r, t = divmod(flat, self.shape[1])
+            raise ValueError(f"list {r}: token {int(target.reshape(-1)[flat])} at position {t} is not allowed there — the "
+                             "continuation is not a list of distinct catalogue items in the codec's codes "
+                             "(policy.codec.list_tokens(items))")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from blade.config import from_dict
 from blade.io import write_json
 from blade.model.codec import ItemCodec, tiny_tokenizer
-from blade.model.constraint import TrieTables, mask_list_logits_
+from blade.model.constraint import AllowedTokens, TrieTables, mask_list_logits_
 from blade.model.config import LoraOptions, PolicyConfig  # noqa: F401 — re-exported: the policy's config
 from blade.model.shared_prompt import SharedPromptForward
 from blade.model.wrappers import is_peft, unwrap_peft  # noqa: F401 — re-exported
@@ -35,6 +35,7 @@ class Policy:
     # Constrained scoring of Llama/Qwen2-block models runs each distinct prompt once
     # (blade/model/shared_prompt.py); False forces the padded forward over every (prompt, list) row.
     share_prompts = True
+    HEAD_CHUNK = 32 * 2**20  # logits per chunk of the prompt-sharing scorer's LM head (128 MiB in float32)
 
     def __init__(self, model, codec: ItemCodec, config: PolicyConfig):
         self.model, self.codec, self.config = model, codec, config
@@ -121,8 +122,8 @@ class Policy:
         return cls(model.to(resolve_device(config.device)), codec, config)
 
     # ---- scoring -------------------------------------------------------------------------
-    def token_logprobs(self, prompts: list[list[int]], conts: list[list[int]], constrained: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_logprobs(self, prompts: list[list[int]], conts: list[list[int]], constrained: bool = False,
+                       allowed: AllowedTokens | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs of each continuation token given prompt and earlier tokens (with grad).
 
         Prompts are left-padded, continuations right-padded. Returns (logp (R, T), mask (R, T)),
@@ -136,11 +137,21 @@ class Policy:
         then be lists of distinct items (``codec.list_tokens(items)``), else ValueError. Its cost
         next to the forward pass: the mask is replayed step by step, one (rows, V) mask at a time,
         and added to the logits in place — no (R, T, V) tensor beyond the logits themselves.
+
+        Llama/Qwen2-block models run each distinct prompt once (blade/model/shared_prompt.py).
+        With a multi-token codec they then compute the logits of the allowed tokens only
+        (:class:`AllowedTokens`: 0.05% of them for SmolLM2 on Video_Games' titles), the rest
+        being masked anyway; ``allowed`` (from :meth:`allowed_tokens` of the same lists) saves
+        the replay when several policies score one batch.
         """
         if constrained and self.share_prompts and SharedPromptForward.supports(self.model):
             # one pass per distinct prompt, lists attending to its keys/values (blade/model/shared_prompt.py)
-            logits, target, mask = SharedPromptForward(self.model).logits(prompts, conts, self.codec.pad_id)
-            return self._constrained_logp(logits, target, mask)
+            parts = SharedPromptForward(self.model)
+            hidden, target, mask = parts.hidden(prompts, conts, self.codec.pad_id)   # (R, T, D)
+            if self._sparse_head(parts.head):
+                allowed = allowed or AllowedTokens(self._tables(), target, mask)
+                return self._sparse_head_logp(parts.head, hidden, target, mask, allowed), mask
+            return self._head_logp(parts.head, hidden, target, mask), mask
         pad = self.codec.pad_id
         P, T = max(map(len, prompts)), max(map(len, conts))
         R = len(prompts)
@@ -169,6 +180,77 @@ class Policy:
         mask_list_logits_(TrieTables(self.codec, self.vocab_size, self.device), logits, target, mask)
         logp = -F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), reduction="none").view(R, T)
         return logp * mask, mask
+
+    def _tables(self) -> TrieTables:
+        return TrieTables(self.codec, self.vocab_size, self.device)
+
+    def _sparse_head(self, head) -> bool:
+        """Whether the prompt-sharing scorer computes allowed logits only: multi-token codes (one-
+        token codes allow nearly every item token: the dense head is cheaper) and a plain linear head."""
+        return self.codec.trie.depth > 1 and type(head) is torch.nn.Linear
+
+    def allowed_tokens(self, conts: list[list[int]]) -> AllowedTokens | None:
+        """The constraint's allowed tokens of these lists, for :meth:`token_logprobs` ``allowed=``
+        of every policy that scores them (one replay instead of one per policy), or None where
+        that scorer does not read them."""
+        if not (self.share_prompts and SharedPromptForward.supports(self.model)
+                and self._sparse_head(unwrap_peft(self.model).lm_head)):
+            return None
+        T = max(map(len, conts))
+        target = torch.full((len(conts), T), self.codec.pad_id, dtype=torch.long)
+        for r, c in enumerate(conts):
+            target[r, :len(c)] = torch.tensor(c, dtype=torch.long)
+        mask = torch.arange(T)[None] < torch.tensor([len(c) for c in conts])[:, None]
+        return AllowedTokens(self._tables(), target, mask)
+
+    def _sparse_head_logp(self, head, hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                          allowed: AllowedTokens) -> torch.Tensor:
+        """Constrained logp (R, T) from final hidden states (R, T, D), the LM head's logits computed
+        at the allowed entries only (docs/method.md (3.9): ``z(y_t) − logsumexp_{v∈A_t} z(v)``):
+        the real positions (n) against the union of the batch's allowed tokens (U), the rest of
+        that (n, U) block masked — a few thousand columns instead of the vocabulary."""
+        R, T, D = hidden.shape
+        if allowed.shape != (R, T):
+            raise ValueError(f"allowed tokens of lists shaped {allowed.shape}, not these lists' {(R, T)}")
+        dev = hidden.device
+        real = mask.reshape(-1).nonzero().squeeze(1)                                   # (n,)
+        at = torch.full((R * T,), -1, dtype=torch.long, device=dev)
+        at[real] = torch.arange(len(real), device=dev)
+        cols, col = torch.unique(allowed.tok.to(dev), return_inverse=True)              # (U,), (E,)
+        z = hidden.reshape(R * T, D)[real] @ head.weight[cols].T                        # (n, U)
+        if head.bias is not None:
+            z = z + head.bias[cols]
+        z = z.float()
+        ok = torch.zeros(z.shape, dtype=torch.bool, device=dev)
+        ok[at[allowed.pos.to(dev)], col] = True
+        lse = torch.logsumexp(z.masked_fill(~ok, float("-inf")), -1)                   # (n,)
+        hit = torch.searchsorted(cols, target.reshape(-1)[real])                       # allowed: in cols (checked)
+        logp = z.gather(1, hit[:, None]).squeeze(1) - lse
+        return torch.zeros(R * T, dtype=logp.dtype, device=dev).index_copy(0, real, logp).view(R, T)
+
+    def _head_logp(self, head, hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Constrained logp (R, T) from final hidden states (R, T, D), the LM head applied to chunks
+        of lists holding at most ``HEAD_CHUNK`` logits each. A real vocabulary's logits are the
+        largest tensors of a step (SmolLM2, 32 lists of ~150 tokens: 236M floats, and as much
+        again for their log-softmax and for their gradient), so with grad a chunk's logits are
+        recomputed in the backward pass (``torch.utils.checkpoint``: one more head product per
+        chunk) instead of kept; a batch that fits in one chunk (the tiny model's) is not."""
+        R, T, _ = hidden.shape
+        step = max(1, self.HEAD_CHUNK // (T * self.vocab_size))
+
+        def chunk(h: torch.Tensor, tgt: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            return self._constrained_logp(head(h).float(), tgt, m)[0]
+
+        if step >= R:
+            return chunk(hidden, target, mask)
+        from torch.utils.checkpoint import checkpoint
+
+        keep = torch.is_grad_enabled() and hidden.requires_grad
+        out = []
+        for r in range(0, R, step):
+            args = hidden[r:r + step], target[r:r + step], mask[r:r + step]
+            out.append(checkpoint(chunk, *args, use_reentrant=False) if keep else chunk(*args))
+        return torch.cat(out)
 
 
 def _require_converted(config: PolicyConfig) -> None:

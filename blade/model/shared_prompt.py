@@ -1,4 +1,4 @@
-"""The training forward with one prompt pass per context: the logits that score a batch of lists
+"""The training forward with one prompt pass per context: the hidden states that score a batch of lists
 when many of them share a prompt (an alignment step's G lists per context, an offline method's M
 stored lists), for models made of Llama/Qwen2 decoder blocks.
 
@@ -7,16 +7,17 @@ computes every padding token; on a pretrained LLM the prompt is most of the toke
 about 144 history-title tokens against about 142 for a list of 10 titles). Here:
 
 1. the distinct prompts run once, packed (no padding computed), keeping every layer's keys and
-   values (C, kv_heads, P, head_dim); the last layer runs its queries, MLP and the LM head only at
-   each prompt's last token, whose logits predict every list's first token;
+   values (C, kv_heads, P, head_dim); the last layer runs its queries and MLP only at
+   each prompt's last token, whose hidden state predicts every list's first token;
 2. the lists run as one batch of continuation tokens (N, T-1) whose queries attend to their own
    context's prompt keys/values (gathered per list by ``index_select``, a copy of keys/values, not
    a recomputation of the prompt) and causally to their own earlier tokens. The last list token is
    never an input: nothing reads what it predicts.
 
 The gradient reaches each prompt token's computation once per context (``index_select``'s
-backward sums the G lists' contributions). The logits equal the padded forward's to float
-tolerance (different reduction orders: packed rows, shorter attention rows); tested, with their
+backward sums the G lists' contributions). The LM head is the caller's (``Policy``), applied in
+chunks of lists so that a real vocabulary's (N, T, V) logits never exist at once. The log-probs
+equal the padded forward's to float tolerance (different reduction orders: packed rows, shorter attention rows); tested, with their
 gradients, in tests/test_shared_prompt.py.
 """
 
@@ -29,32 +30,33 @@ from blade.model.decoder import DecoderParts
 
 
 class SharedPromptForward(DecoderParts):
-    def logits(self, prompts: list[list[int]], conts: list[list[int]], pad: int
+    def hidden(self, prompts: list[list[int]], conts: list[list[int]], pad: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits (N, T, V) float32, target (N, T), mask (N, T) bool) for N lists: row r,
-        position t predicts ``conts[r][t]`` given ``prompts[r]`` and ``conts[r][:t]``; mask is True
-        on real tokens (continuations right-padded with ``pad``)."""
+        """(h (N, T, D), target (N, T), mask (N, T) bool) for N lists: ``h[r, t]``, the final
+        (normed) hidden state the LM head turns into the logits that predict ``conts[r][t]`` given
+        ``prompts[r]`` and ``conts[r][:t]``; mask is True on real tokens (continuations
+        right-padded with ``pad``). The head is left to the caller, which can apply it in chunks."""
         dev = self.head.weight.device
         at: dict[tuple[int, ...], int] = {}
         owner = [at.setdefault(tuple(p), len(at)) for p in prompts]
         uniq = [list(p) for p in at]
         owner_t = torch.tensor(owner, dtype=torch.long, device=dev)
-        first, keys, values, prompt_ok = self._prompts(uniq, pad, dev)                # (C, V), per layer (C, KH, P, hd)
+        first, keys, values, prompt_ok = self._prompts(uniq, pad, dev)                # (C, D), per layer (C, KH, P, hd)
         N, T = len(conts), max(map(len, conts))
         target = torch.full((N, T), pad, dtype=torch.long)
         for r, c in enumerate(conts):
             target[r, :len(c)] = torch.tensor(c, dtype=torch.long)
         target = target.to(dev)
         mask = torch.arange(T, device=dev)[None] < torch.tensor([len(c) for c in conts], device=dev)[:, None]
-        head = first.index_select(0, owner_t)[:, None]                                 # (N, 1, V)
+        head = first.index_select(0, owner_t)[:, None]                                 # (N, 1, D)
         if T == 1:
-            return head.float(), target, mask
+            return head, target, mask
         plen = prompt_ok.sum(-1).index_select(0, owner_t)                              # (N,)
-        rest = self._continuations(target[:, :-1], owner_t, plen, keys, values, prompt_ok)  # (N, T-1, V)
-        return torch.cat([head, rest], 1).float(), target, mask
+        rest = self._continuations(target[:, :-1], owner_t, plen, keys, values, prompt_ok)  # (N, T-1, D)
+        return torch.cat([head, rest], 1), target, mask
 
     def _prompts(self, prompts: list[list[int]], pad: int, dev: torch.device):
-        """The distinct prompts, packed: the logits at each one's last token (C, V) and every
+        """The distinct prompts, packed: the final hidden state at each one's last token (C, D) and every
         layer's keys and values (C, KH, P, hd), zero at the left padding; ``ok`` (C, P) marks real tokens."""
         hd, H, KH = self.hd, self.H, self.KH
         C, P = len(prompts), max(map(len, prompts))
@@ -95,11 +97,11 @@ class SharedPromptForward(DecoderParts):
                                                    enable_gqa=H != KH)
                 x = x + a.o_proj(o.transpose(1, 2).reshape(C * P, H * hd)[flat])
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
-        return self.head(self._norm(self.body.norm, x)), keys, values, ok
+        return self._norm(self.body.norm, x), keys, values, ok
 
     def _continuations(self, inputs: torch.Tensor, owner: torch.Tensor, plen: torch.Tensor, keys, values,
                        prompt_ok: torch.Tensor) -> torch.Tensor:
-        """Logits (N, S, V) after each of the lists' input tokens ``inputs`` (N, S), every list
+        """Final hidden states (N, S, D) after each of the lists' input tokens ``inputs`` (N, S), every list
         attending to its context's prompt keys/values (``owner`` (N,) indexes them) and causally
         to its own earlier tokens; positions continue after the prompt's ``plen`` (N,) tokens."""
         hd, H, KH = self.hd, self.H, self.KH
@@ -123,4 +125,4 @@ class SharedPromptForward(DecoderParts):
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, scale=a.scaling, enable_gqa=H != KH)
             x = x + a.o_proj(o.transpose(1, 2).reshape(N, S, H * hd))
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
-        return self.head(self._norm(self.body.norm, x))
+        return self._norm(self.body.norm, x)
