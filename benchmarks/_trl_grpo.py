@@ -73,12 +73,10 @@ class TitleLists:
 def list_items(tables, k: int, completions: list[list[int]], eos: int) -> torch.Tensor:
     """The items (R, k) of multi-token completions, read by replaying them through the list mask
     (-1 where a completion ends early or leaves the trie)."""
-    from blade.model.constraint import ListMask
+    from blade.model.constraint import ListMask, padded_lists
 
-    T = max(map(len, completions))
-    tok = torch.full((len(completions), T), eos, dtype=torch.long)
-    for r, c in enumerate(completions):
-        tok[r, :len(c)] = torch.tensor(c, dtype=torch.long)
+    tok, _ = padded_lists(completions, eos)
+    T = tok.shape[1]
     lists = ListMask(tables, len(completions), k)
     for t in range(T):
         lists.next()

@@ -166,9 +166,22 @@ def mask_list_logits_(tables: TrieTables, logits: torch.Tensor, target: torch.Te
             lists.advance(tok)
     if bool(bad.any()):
         r, t = (int(x) for x in bad.nonzero()[0])
-        tok = int(target[r, t])
-        raise ValueError(f"list {r}: token {tok} at position {t} is not allowed there — the continuation is not a "
-                         "list of distinct catalogue items in the codec's codes (policy.codec.list_tokens(items))")
+        _not_a_list(r, t, int(target[r, t]))
+
+
+def _not_a_list(r: int, t: int, tok: int) -> None:
+    raise ValueError(f"list {r}: token {tok} at position {t} is not allowed there — the continuation is not a "
+                     "list of distinct catalogue items in the codec's codes (policy.codec.list_tokens(items))")
+
+
+def padded_lists(conts: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of tokens, right-padded with ``pad``: (target (R, T) long, mask (R, T) bool, True on real tokens)."""
+    T = max(map(len, conts))
+    target = torch.full((len(conts), T), pad, dtype=torch.long)
+    for r, c in enumerate(conts):
+        target[r, :len(c)] = torch.tensor(c, dtype=torch.long)
+    mask = torch.arange(T)[None] < torch.tensor([len(c) for c in conts])[:, None]
+    return target.to(device), mask.to(device)
 
 
 class AllowedTokens:
@@ -209,7 +222,4 @@ class AllowedTokens:
         bad = mask.reshape(-1) & ~hit
         if bool(bad.any()):
             flat = int(bad.nonzero()[0])
-            r, t = divmod(flat, self.shape[1])
-            raise ValueError(f"list {r}: token {int(target.reshape(-1)[flat])} at position {t} is not allowed there — the "
-                             "continuation is not a list of distinct catalogue items in the codec's codes "
-                             "(policy.codec.list_tokens(items))")
+            _not_a_list(*divmod(flat, self.shape[1]), int(target.reshape(-1)[flat]))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from blade.config import from_dict
 from blade.io import write_json
 from blade.model.codec import ItemCodec, tiny_tokenizer
-from blade.model.constraint import AllowedTokens, TrieTables, mask_list_logits_
+from blade.model.constraint import AllowedTokens, TrieTables, mask_list_logits_, padded_lists
 from blade.model.config import LoraOptions, PolicyConfig  # noqa: F401 — re-exported: the policy's config
 from blade.model.shared_prompt import SharedPromptForward
 from blade.model.wrappers import is_peft, unwrap_peft  # noqa: F401 — re-exported
@@ -144,11 +144,11 @@ class Policy:
         being masked anyway; ``allowed`` (from :meth:`allowed_tokens` of the same lists) saves
         the replay when several policies score one batch.
         """
-        if constrained and self.share_prompts and SharedPromptForward.supports(self.model):
+        if constrained and self._shares_prompts():
             # one pass per distinct prompt, lists attending to its keys/values (blade/model/shared_prompt.py)
             parts = SharedPromptForward(self.model)
             hidden, target, mask = parts.hidden(prompts, conts, self.codec.pad_id)   # (R, T, D)
-            if self._sparse_head(parts.head):
+            if self._sparse_head():
                 allowed = allowed or AllowedTokens(self._tables(), target, mask)
                 return self._sparse_head_logp(parts.head, hidden, target, mask, allowed), mask
             return self._head_logp(parts.head, hidden, target, mask), mask
@@ -177,31 +177,28 @@ class Policy:
         """logits (R, T, V) float32 → (constrained logp (R, T), mask): the sampler's mask added in
         place, then each target token's log-softmax (0 on padding)."""
         R, T, V = logits.shape
-        mask_list_logits_(TrieTables(self.codec, self.vocab_size, self.device), logits, target, mask)
+        mask_list_logits_(self._tables(), logits, target, mask)
         logp = -F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), reduction="none").view(R, T)
         return logp * mask, mask
 
     def _tables(self) -> TrieTables:
         return TrieTables(self.codec, self.vocab_size, self.device)
 
-    def _sparse_head(self, head) -> bool:
+    def _shares_prompts(self) -> bool:
+        return self.share_prompts and SharedPromptForward.supports(self.model)
+
+    def _sparse_head(self) -> bool:
         """Whether the prompt-sharing scorer computes allowed logits only: multi-token codes (one-
         token codes allow nearly every item token: the dense head is cheaper) and a plain linear head."""
-        return self.codec.trie.depth > 1 and type(head) is torch.nn.Linear
+        return self.codec.trie.depth > 1 and type(unwrap_peft(self.model).lm_head) is torch.nn.Linear
 
     def allowed_tokens(self, conts: list[list[int]]) -> AllowedTokens | None:
         """The constraint's allowed tokens of these lists, for :meth:`token_logprobs` ``allowed=``
         of every policy that scores them (one replay instead of one per policy), or None where
         that scorer does not read them."""
-        if not (self.share_prompts and SharedPromptForward.supports(self.model)
-                and self._sparse_head(unwrap_peft(self.model).lm_head)):
+        if not (self._shares_prompts() and self._sparse_head()):
             return None
-        T = max(map(len, conts))
-        target = torch.full((len(conts), T), self.codec.pad_id, dtype=torch.long)
-        for r, c in enumerate(conts):
-            target[r, :len(c)] = torch.tensor(c, dtype=torch.long)
-        mask = torch.arange(T)[None] < torch.tensor([len(c) for c in conts])[:, None]
-        return AllowedTokens(self._tables(), target, mask)
+        return AllowedTokens(self._tables(), *padded_lists(conts, self.codec.pad_id))
 
     def _sparse_head_logp(self, head, hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                           allowed: AllowedTokens) -> torch.Tensor:

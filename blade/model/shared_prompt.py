@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from blade.model.constraint import padded_lists
 from blade.model.decoder import DecoderParts
 
 
@@ -42,12 +43,8 @@ class SharedPromptForward(DecoderParts):
         uniq = [list(p) for p in at]
         owner_t = torch.tensor(owner, dtype=torch.long, device=dev)
         first, keys, values, prompt_ok = self._prompts(uniq, pad, dev)                # (C, D), per layer (C, KH, P, hd)
-        N, T = len(conts), max(map(len, conts))
-        target = torch.full((N, T), pad, dtype=torch.long)
-        for r, c in enumerate(conts):
-            target[r, :len(c)] = torch.tensor(c, dtype=torch.long)
-        target = target.to(dev)
-        mask = torch.arange(T, device=dev)[None] < torch.tensor([len(c) for c in conts], device=dev)[:, None]
+        target, mask = padded_lists(conts, pad, dev)                                   # (N, T)
+        T = target.shape[1]
         head = first.index_select(0, owner_t)[:, None]                                 # (N, 1, D)
         if T == 1:
             return head, target, mask
