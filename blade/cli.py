@@ -83,7 +83,7 @@ def cmd_align(args: argparse.Namespace) -> None:
 
     summary = stages.align(_json_arg(args.config_json, "--config-json"), args.data, args.sft, args.rollouts, args.out,
                            args.seed, args.dataset, args.method, args.reward_setting, args.device, args.eval_root,
-                           args.curve)
+                           args.curve, args.sft_eval_root)
     print(f"align done: {summary}")
 
 
@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then score the selected policy under this directory (results/eval/NAME/REWARD/METHOD/seedS)")
     p.add_argument("--curve", default=None,
                    help="then score every per-step snapshot on test into this Parquet file (results/curves/…)")
+    p.add_argument("--sft-eval-root", default=None,
+                   help="the SFT row's evaluation directory (results/eval/NAME/none/sft/seedS): the curve's step 0, "
+                        "the SFT start, takes its lists from there instead of decoding them again")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("recommend", help="write top-K lists for a split (JSON lines {row, items})")

@@ -97,9 +97,10 @@ def rollout(raw: Mapping[str, Any], data: str, model: str, out: str, seed: int, 
 
 def align(raw: Mapping[str, Any], data: str, sft_dir: str, rollouts: str, out: str, seed: int, dataset: str,
           method: str, reward_name: str | None, device: str | None, eval_root: str | None = None,
-          curve: str | None = None) -> dict:
+          curve: str | None = None, sft_eval_root: str | None = None) -> dict:
     """Alignment, then (``eval_root``) the selected policy's lists and metrics and (``curve``) the
-    test scores of its per-step snapshots."""
+    test scores of its per-step snapshots; a snapshot that is the selected policy or (with
+    ``sft_eval_root``, the SFT row's evaluation) the SFT start reuses those lists."""
     from blade.align.config import AlignConfig
     from blade.align.loop import align as align_loop
     from blade.align.registry import Method
@@ -122,13 +123,13 @@ def align(raw: Mapping[str, Any], data: str, sft_dir: str, rollouts: str, out: s
         selection = {"selection/step": summary.get("best_step"), "selection/mde": summary.get("selection/mde"),
                      "selection/rows": summary.get("selection/rows")}
         _score_aligned(out, prepared, cfg["evaluate"], seed, dataset, method, reward_name, device, eval_root, curve,
-                       selection)
+                       selection, {f"{sft_dir}/best": sft_eval_root} if sft_eval_root else {})
     return summary
 
 
 def _score_aligned(out: str, data: PreparedData, evaluation: EvalConfig, seed: int, dataset: str, method: str,
                    reward_name: str | None, device: str | None, eval_root: str | None, curve: str | None,
-                   selection: dict | None = None) -> None:
+                   selection: dict | None = None, scored_roots: dict[str, str] | None = None) -> None:
     from blade.eval.scoring import score_row, snapshot_curve
     from blade.io import write_parquet
     from blade.model.policy import Policy
@@ -137,7 +138,10 @@ def _score_aligned(out: str, data: PreparedData, evaluation: EvalConfig, seed: i
         score_row(eval_root, data, evaluation, seed, dataset, method, reward_name,
                   policy=Policy.load(f"{out}/best", device), extra=selection)
     if curve:
-        write_parquet(curve, snapshot_curve(out, data, evaluation.table_split, evaluation, device))
+        split = evaluation.table_split
+        roots = {**(scored_roots or {}), **({f"{out}/best": eval_root} if eval_root else {})}  # policy → its eval root
+        scored = {policy: f"{root}/{split}" for policy, root in roots.items()} if split in evaluation.splits else {}
+        write_parquet(curve, snapshot_curve(out, data, split, evaluation, device, scored))
 
 
 def evaluate(recs: str, data: str, split: str, out: str, ks: list[int], dataset: str, method: str, seed: int,

@@ -437,6 +437,57 @@ def test_snapshot_curve_scores_each_snapshot_on_test(tmp_path):
         snapshots.snapshot_dirs(tmp_path)
 
 
+def test_snapshot_curve_reads_back_an_already_scored_policy(tmp_path, monkeypatch):
+    """A snapshot with the fingerprint of a policy already scored on test (the selected ``best/``,
+    the SFT start) takes that policy's lists: the same numbers, no second decoding; any other
+    snapshot is decoded."""
+    import torch
+
+    from blade.data import PreparedData
+    from blade.eval import lists as eval_lists
+    from blade.eval.config import EvalConfig
+    from blade.eval.scoring import policy_fingerprint, score_row, snapshot_curve
+    from blade.model.config import PolicyConfig
+    from blade.model.policy import Policy
+    from blade.data import load_prepared
+    from tests.helpers import tiny_dataset
+
+    data_dir = tiny_dataset(tmp_path / "data")
+    items, _, _ = load_prepared(data_dir)
+    data = PreparedData.load(data_dir)
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    policy = Policy.build(PolicyConfig(codec="atomic", layers=1, hidden=16, heads=2, kv_heads=1, intermediate=32,
+                                       device="cpu"), items)
+    policy.save(run / "snapshots" / "step000000")
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(torch.randn_like(p))
+    policy.save(run / "snapshots" / "step000004")
+    policy.save(run / "best")  # selected at step 4
+    (run / "align_config.json").write_text(json.dumps({"reward": {"weights": {"ndcg": 1.0}}, "align": {"k": 10}}))
+    evaluation = EvalConfig(k=10, ks=[5, 10], batch_size=64, splits=["test"], samples=0)
+    score_row(tmp_path / "eval", data, evaluation, 0, "d", "m", None, policy=Policy.load(run / "best"))
+    assert policy_fingerprint(run / "best") == policy_fingerprint(run / "snapshots" / "step000004")
+    assert policy_fingerprint(run / "best") != policy_fingerprint(run / "snapshots" / "step000000")
+    plain = snapshot_curve(run, data, "test", evaluation)
+
+    decoded = []
+    real = eval_lists.policy_lists
+    monkeypatch.setattr(eval_lists, "policy_lists", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
+    reused = snapshot_curve(run, data, "test", evaluation, scored={run / "best": tmp_path / "eval" / "test"})
+    assert len(decoded) == 1  # step 0 only: step 4 is best/'s lists
+    metrics = [c for c in plain.columns if not c.startswith("cost/")]
+    pd.testing.assert_frame_equal(plain[metrics], reused[metrics])
+    stored = json.loads((tmp_path / "eval" / "test" / "cost.json").read_text())
+    assert reused.loc[1, "cost/tokens_per_user"] == stored["tokens_per_user"]
+    # a folder whose files differ is not taken for the policy, whatever its name
+    (run / "best" / "policy.json").write_text((run / "best" / "policy.json").read_text().replace("16", "17", 1))
+    decoded.clear()
+    snapshot_curve(run, data, "test", evaluation, scored={run / "best": tmp_path / "eval" / "test"})
+    assert len(decoded) == 2
+
+
 # ------------------------------------------------------------------------------ report pages
 def test_markdown_pages_render_as_html(tree, exp):
     from analysis.common import markdown, markdown_to_html

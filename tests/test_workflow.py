@@ -77,6 +77,12 @@ def test_whole_dag_on_test_config(dag_run):
             weights = json.loads((run / "align_config.json").read_text())["reward"]["weights"]
             assert weights == ({"ndcg": 1.0, "fairness": 0.5} if reward == "ndcg+fairness" else {"ndcg": 1.0})
             assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step000000", "step000003", "step000006"]
+            # the curve's step 0 is the SFT row and its selected step the row itself (those two are read back)
+            curve = pd.read_parquet(res / f"curves/tiny/{reward}/{method}/seed0.parquet").set_index("step")
+            best = json.loads((run / "summary.json").read_text())["best_step"]
+            for step, row in ((0, "none/sft"), (best, f"{reward}/{method}")):
+                scored = json.loads((res / f"eval/tiny/{row}/seed0/test/metrics.json").read_text())
+                assert curve.loc[step, "ndcg@10"] == scored["ndcg@10"], (method, step)
     # the sweep (run.sweep) trains under the first reward setting only, and reaches the ablation table
     assert (res / "eval/tiny/ndcg/blade_nig/seed0/test/metrics.json").is_file()
     assert not (res / "models/tiny/ndcg+fairness/blade_nig").exists()

@@ -144,8 +144,31 @@ def snapshot_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def policy_fingerprint(directory: str | Path) -> str:
+    """sha256 of what a saved policy decodes with: its weight files (``*.safetensors``), codec and
+    resolved config. Two folders with the same fingerprint give the same greedy lists (decoding is
+    deterministic, README "Reproducibility"), so one's scored lists stand for the other's."""
+    import hashlib
+
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.safetensors")) + [directory / "codec.json", directory / "policy.json"]:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _scored_lists(known: dict[str, Path], snap: Path, n_rows: int, split: str) -> tuple[np.ndarray, dict] | None:
+    """The greedy lists (rows, K) and cost already written for a policy with ``snap``'s
+    fingerprint (``known``: fingerprint → a ``{split}/`` folder of :func:`score_row`), if any."""
+    where = known.get(policy_fingerprint(snap))
+    if where is None or not (where / "recs.jsonl").is_file() or not (where / "cost.json").is_file():
+        return None
+    return read_recs(where / "recs.jsonl", n_rows, split)[0], json.loads((where / "cost.json").read_text())
+
+
 def snapshot_curve(run_dir: str | Path, data: PreparedData, split: str, evaluation,
-                   device: str | None = None) -> pd.DataFrame:
+                   device: str | None = None, scored: dict[str | Path, str | Path] | None = None) -> pd.DataFrame:
     """Test scores of an aligned run's per-step snapshots (docs/method.md §6.4: test NDCG vs step).
 
     The alignment loop saves the policy at every evaluation step (``snapshots/step{S:06d}/``, step
@@ -154,7 +177,11 @@ def snapshot_curve(run_dir: str | Path, data: PreparedData, split: str, evaluati
     distance, same padding rules) and, on the first ``align.k`` items, the run's own reward setting
     (``reward`` and ``reward/<component>``). One line per snapshot: ``step`` and every number
     ``metrics.json`` would hold. Nothing reads it back into training or model selection: it only
-    draws the static-upper-bound figure and feeds the §6.4 claim."""
+    draws the static-upper-bound figure and feeds the §6.4 claim.
+
+    ``scored`` maps a saved policy folder to the ``{split}/`` folder its lists were written to
+    (:func:`score_row`): a snapshot with the same :func:`policy_fingerprint` takes those lists and
+    their cost instead of being decoded again, which gives the same numbers."""
     from blade.config import from_dict
     from blade.eval.lists import policy_lists
     from blade.model.policy import Policy
@@ -169,11 +196,19 @@ def snapshot_curve(run_dir: str | Path, data: PreparedData, split: str, evaluati
     histories, targets = frame["history"].tolist(), frame["target"].to_numpy()
     reward = ListReward(from_dict(RewardConfig, cfg.get("reward", {}), "reward"), data.items, data.train, data.stats)
     k_align = int(cfg.get("align", {}).get("k", evaluation.k))
+    # a snapshot whose policy was already scored on this split (the selected one: ``best/`` is saved
+    # from the same weights) is read back, not decoded again: on an LLM a test pass is minutes
+    known = {policy_fingerprint(policy_dir): Path(where) for policy_dir, where in (scored or {}).items()
+             if Path(policy_dir).is_dir()}
     lines = []
     with tempfile.TemporaryDirectory(prefix="snapshot_eval_") as tmp:
         for step, snap in snapshot_dirs(run_dir):
-            policy = Policy.load(snap, device)
-            lists, cost = policy_lists(policy, data, split, evaluation.k, evaluation.batch_size)  # (rows, k)
+            reused = _scored_lists(known, snap, len(frame), split)
+            if reused is None:
+                policy = Policy.load(snap, device)
+                lists, cost = policy_lists(policy, data, split, evaluation.k, evaluation.batch_size)  # (rows, k)
+            else:
+                lists, cost = reused
             write_recs(Path(tmp) / "recs.jsonl", lists)
             summary = evaluate(Path(tmp) / "recs.jsonl", data, split, tmp, evaluation.ks)
             scores = reward(histories, targets, lists[:, :k_align])
@@ -181,5 +216,6 @@ def snapshot_curve(run_dir: str | Path, data: PreparedData, split: str, evaluati
                           **{("reward" if k == "reward" else f"reward/{k}"): float(v.mean())
                              for k, v in scores.items()},
                           **{f"cost/{k}": v for k, v in cost.items()}})
-            print(f"snapshot step {step}: {split} ndcg@10={summary.get('ndcg@10', float('nan')):.4f}")
+            print(f"snapshot step {step}: {split} ndcg@10={summary.get('ndcg@10', float('nan')):.4f}"
+                  + (" (its lists read back: the same policy was already scored)" if reused else ""))
     return pd.DataFrame(lines)

@@ -30,6 +30,7 @@ rule align:
     input:
         sft="results/models/{dataset}/sft/seed{seed}/summary.json",
         rollouts="results/rollouts/{dataset}/{reward}/ref/seed{seed}.parquet",
+        sft_scored=eval_outputs(f"results/eval/{{dataset}}/{NO_REWARD}/sft/seed{{seed}}"),  # the curve's step 0
     output:
         summary="results/models/{dataset}/{reward}/{method}/seed{seed}/summary.json",
         diagnostics="results/models/{dataset}/{reward}/{method}/seed{seed}/diagnostics.parquet",
@@ -43,6 +44,7 @@ rule align:
         sft=lambda wildcards, input: os.path.dirname(input.sft),
         out=lambda wildcards, output: os.path.dirname(output.summary),
         eval_root="results/eval/{dataset}/{reward}/{method}/seed{seed}",
+        sft_eval_root=lambda wildcards: f"results/eval/{wildcards.dataset}/{NO_REWARD}/sft/seed{wildcards.seed}",
     log:
         "results/logs/align/{dataset}/{reward}/{method}/seed{seed}.log",
     benchmark:
@@ -54,4 +56,5 @@ rule align:
         "{params.blade} align --data {params.data} --sft {params.sft} --rollouts {input.rollouts} "
         "--out {params.out} --seed {wildcards.seed} --dataset {wildcards.dataset} --method {wildcards.method} "
         "--reward-setting {wildcards.reward:q} --eval-root {params.eval_root:q} --curve {output.curve:q} "
+        "--sft-eval-root {params.sft_eval_root:q} "
         "--config-json {params.cfg:q} > {log} 2>&1"
