@@ -138,10 +138,10 @@ def _score_aligned(out: str, data: PreparedData, evaluation: EvalConfig, seed: i
         score_row(eval_root, data, evaluation, seed, dataset, method, reward_name,
                   policy=Policy.load(f"{out}/best", device), extra=selection)
     if curve:
-        split = evaluation.table_split
-        roots = {**(scored_roots or {}), **({f"{out}/best": eval_root} if eval_root else {})}  # policy → its eval root
-        scored = {policy: f"{root}/{split}" for policy, root in roots.items()} if split in evaluation.splits else {}
-        write_parquet(curve, snapshot_curve(out, data, split, evaluation, device, scored))
+        scored = {**(scored_roots or {}), **({f"{out}/best": eval_root} if eval_root else {})}  # policy → its eval root
+        if evaluation.table_split not in evaluation.splits:  # those roots hold no lists of this config on that split
+            scored = {}
+        write_parquet(curve, snapshot_curve(out, data, evaluation.table_split, evaluation, device, scored))
 
 
 def evaluate(recs: str, data: str, split: str, out: str, ks: list[int], dataset: str, method: str, seed: int,

@@ -475,7 +475,7 @@ def test_snapshot_curve_reads_back_an_already_scored_policy(tmp_path, monkeypatc
     decoded = []
     real = eval_lists.policy_lists
     monkeypatch.setattr(eval_lists, "policy_lists", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
-    reused = snapshot_curve(run, data, "test", evaluation, scored={run / "best": tmp_path / "eval" / "test"})
+    reused = snapshot_curve(run, data, "test", evaluation, scored={run / "best": tmp_path / "eval"})
     assert len(decoded) == 1  # step 0 only: step 4 is best/'s lists
     metrics = [c for c in plain.columns if not c.startswith("cost/")]
     pd.testing.assert_frame_equal(plain[metrics], reused[metrics])
@@ -484,7 +484,7 @@ def test_snapshot_curve_reads_back_an_already_scored_policy(tmp_path, monkeypatc
     # a folder whose files differ is not taken for the policy, whatever its name
     (run / "best" / "policy.json").write_text((run / "best" / "policy.json").read_text().replace("16", "17", 1))
     decoded.clear()
-    snapshot_curve(run, data, "test", evaluation, scored={run / "best": tmp_path / "eval" / "test"})
+    snapshot_curve(run, data, "test", evaluation, scored={run / "best": tmp_path / "eval"})
     assert len(decoded) == 2
 
 

@@ -33,7 +33,7 @@ import pandas as pd
 from blade.data.prepared import PreparedData
 from blade.errors import ConfigError, DataError
 from blade.eval.recs import is_int, read_recs, write_recs
-from blade.io import write_json, write_parquet
+from blade.io import sha256_file, write_json, write_parquet
 
 
 def evaluate(recs: str | Path, data: PreparedData, split: str, out_dir: str | Path, ks,
@@ -145,22 +145,17 @@ def snapshot_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def policy_fingerprint(directory: str | Path) -> str:
-    """sha256 of what a saved policy decodes with: its weight files (``*.safetensors``), codec and
-    resolved config. Two folders with the same fingerprint give the same greedy lists (decoding is
+    """The sha256 of each file a saved policy decodes with: its weights (``*.safetensors``), codec
+    and resolved config. Two folders with the same fingerprint give the same greedy lists (decoding is
     deterministic, README "Reproducibility"), so one's scored lists stand for the other's."""
-    import hashlib
-
     directory = Path(directory)
-    digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.safetensors")) + [directory / "codec.json", directory / "policy.json"]:
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    files = sorted(directory.glob("*.safetensors")) + [directory / "codec.json", directory / "policy.json"]
+    return ",".join(f"{path.name}:{sha256_file(path)}" for path in files if path.is_file())
 
 
 def _scored_lists(known: dict[str, Path], snap: Path, n_rows: int, split: str) -> tuple[np.ndarray, dict] | None:
     """The greedy lists (rows, K) and cost already written for a policy with ``snap``'s
-    fingerprint (``known``: fingerprint → a ``{split}/`` folder of :func:`score_row`), if any."""
+    fingerprint (``known``: fingerprint → the ``{split}/`` folder :func:`score_row` wrote), if any."""
     where = known.get(policy_fingerprint(snap))
     if where is None or not (where / "recs.jsonl").is_file() or not (where / "cost.json").is_file():
         return None
@@ -179,8 +174,8 @@ def snapshot_curve(run_dir: str | Path, data: PreparedData, split: str, evaluati
     ``metrics.json`` would hold. Nothing reads it back into training or model selection: it only
     draws the static-upper-bound figure and feeds the §6.4 claim.
 
-    ``scored`` maps a saved policy folder to the ``{split}/`` folder its lists were written to
-    (:func:`score_row`): a snapshot with the same :func:`policy_fingerprint` takes those lists and
+    ``scored`` maps a saved policy folder to the evaluation root :func:`score_row` scored it under:
+    a snapshot with the same :func:`policy_fingerprint` takes that root's ``{split}/`` lists and
     their cost instead of being decoded again, which gives the same numbers."""
     from blade.config import from_dict
     from blade.eval.lists import policy_lists
@@ -198,7 +193,7 @@ def snapshot_curve(run_dir: str | Path, data: PreparedData, split: str, evaluati
     k_align = int(cfg.get("align", {}).get("k", evaluation.k))
     # a snapshot whose policy was already scored on this split (the selected one: ``best/`` is saved
     # from the same weights) is read back, not decoded again: on an LLM a test pass is minutes
-    known = {policy_fingerprint(policy_dir): Path(where) for policy_dir, where in (scored or {}).items()
+    known = {policy_fingerprint(policy_dir): Path(root) / split for policy_dir, root in (scored or {}).items()
              if Path(policy_dir).is_dir()}
     lines = []
     with tempfile.TemporaryDirectory(prefix="snapshot_eval_") as tmp:

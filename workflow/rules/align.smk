@@ -30,7 +30,7 @@ rule align:
     input:
         sft="results/models/{dataset}/sft/seed{seed}/summary.json",
         rollouts="results/rollouts/{dataset}/{reward}/ref/seed{seed}.parquet",
-        sft_scored=eval_outputs(f"results/eval/{{dataset}}/{NO_REWARD}/sft/seed{{seed}}"),  # the curve's step 0
+        sft_scored=eval_outputs(SFT_EVAL),  # the curve's step 0
     output:
         summary="results/models/{dataset}/{reward}/{method}/seed{seed}/summary.json",
         diagnostics="results/models/{dataset}/{reward}/{method}/seed{seed}/diagnostics.parquet",
@@ -44,7 +44,7 @@ rule align:
         sft=lambda wildcards, input: os.path.dirname(input.sft),
         out=lambda wildcards, output: os.path.dirname(output.summary),
         eval_root="results/eval/{dataset}/{reward}/{method}/seed{seed}",
-        sft_eval_root=lambda wildcards: f"results/eval/{wildcards.dataset}/{NO_REWARD}/sft/seed{wildcards.seed}",
+        sft_eval_root=lambda wildcards, input: os.path.dirname(os.path.dirname(input.sft_scored[0])),  # {root}/{split}/file
     log:
         "results/logs/align/{dataset}/{reward}/{method}/seed{seed}.log",
     benchmark:

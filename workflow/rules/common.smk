@@ -38,6 +38,9 @@ TRAIN = BLADE if EXP.run.processes == 1 else (
 BASE_MODEL = ([f"{EXP.policy.path}/base_model.json"]
               if EXP.policy.model and EXP.policy.path == str(base_dir(EXP.policy.model)) else [])
 
+# the SFT row's evaluation root: written by rule sft, read back by rule align (the curve's step 0)
+SFT_EVAL = f"results/eval/{{dataset}}/{NO_REWARD}/sft/seed{{seed}}"
+
 
 def _alternatives(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"

@@ -24,13 +24,13 @@ rule sft:
         base=BASE_MODEL,
     output:
         summary="results/models/{dataset}/sft/seed{seed}/summary.json",
-        scored=eval_outputs(f"results/eval/{{dataset}}/{NO_REWARD}/sft/seed{{seed}}"),
+        scored=eval_outputs(SFT_EVAL),
     params:
         blade=TRAIN,
         cfg=lambda wildcards: sections_json("policy", "evaluate", sft=EXP.sft_for(wildcards.dataset)),
         data=lambda wildcards, input: os.path.dirname(input.stats),
         out=lambda wildcards, output: os.path.dirname(output.summary),
-        eval_root=lambda wildcards: f"results/eval/{wildcards.dataset}/{NO_REWARD}/sft/seed{wildcards.seed}",
+        eval_root=SFT_EVAL,
     log:
         "results/logs/sft/{dataset}/seed{seed}.log",
     benchmark:
