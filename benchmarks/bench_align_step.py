@@ -7,7 +7,10 @@ dataset; the workers take turns, one step each, round after round (the order rot
 noise hits every side alike. Per side: the median step time over ``--steps`` steps (after 2
 warm-up steps), lists/s (B·G lists per step) and the worker's peak resident memory (its
 ``ru_maxrss``: imports and both models included; "+steps" is what stepping added over the ready
-worker). Ours also prints each part's median — rollout (constrained sampling of B·G lists), scoring
+worker; "faults", the minor page faults of a step: memory the allocator mapped anew). Every side
+runs with glibc's malloc as it runs in use (``--malloc as-run``: ours tuned as every ``blade`` command
+tunes it, blade/allocator.py; TRL untuned, as a user runs it), or tuned (``tuned``) or untuned
+(``default``) on every side alike: the allocator moves TRL's step far more than ours. Ours also prints each part's median — rollout (constrained sampling of B·G lists), scoring
 (the list reward), forward (constrained policy log-probs with grad + reference log-probs: two
 forwards, each running every distinct prompt once (blade/model/shared_prompt.py) and replaying the
 sampler's mask), objective, backward (the alignment term's, then
@@ -105,6 +108,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--reward", default="ndcg", help="comma-separated reward names, weight 1 each")
     ap.add_argument("--beta-kl", type=float, default=None, help="BLADE's β_kl (default: its config default)")
+    ap.add_argument("--malloc", default="as-run", choices=["as-run", "tuned", "default"],
+                    help="glibc's malloc: as each side runs (ours tuned as `blade` commands tune it, "
+                         "blade/allocator.py: freed blocks reused, not faulted in again each step; TRL as a user "
+                         "runs it, glibc's default), tuned on every side, or the default on every side")
     ap.add_argument("--model", default=None,
                     help="a pretrained base model of blade/model/base_models.py (e.g. smollm2-135m-instruct, converted "
                          "by `blade base-model`) as the policy, with the title codec and LoRA r 8 on q/v, instead of "
@@ -227,6 +234,11 @@ def _recv(conn, name: str) -> dict:
 def _worker(conn, side_json: str, common_json: str) -> None:
     side, common = json.loads(side_json), json.loads(common_json)
     _quiet()
+    if common["malloc"] == "tuned" or (common["malloc"] == "as-run" and side["kind"] == "ours"):
+        from blade.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    faults = {"last": _minor_faults()}
 
     def wait_turn() -> None:
         try:
@@ -237,6 +249,9 @@ def _worker(conn, side_json: str, common_json: str) -> None:
             raise RuntimeError(f"worker {side['name']}: expected 'go', got {msg!r}")
 
     def report(row: dict) -> None:
+        if "total" in row:  # a step: the page faults since the last report (a worker faults nothing while waiting)
+            now = _minor_faults()
+            row["faults"], faults["last"] = now - faults["last"], now
         conn.send_bytes(json.dumps(row).encode())
 
     step_fn = _our_side if side["kind"] == "ours" else _trl_side
@@ -392,6 +407,10 @@ def _quiet() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _rss_mib() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -408,9 +427,10 @@ def _print(args, sides, results, setup) -> None:
     cuda = args.device.startswith("cuda")
     print(f"device {args.device} {args.dtype}; model {setup['n_params'] / 1e6:.2f}M parameters; catalogue "
           f"{setup['n_items']} items; B={B} G={G} K={args.k}; torch threads {args.threads} per side; "
-          f"median of {args.steps} steps per side, sides alternating step by step")
+          f"median of {args.steps} steps per side, sides alternating step by step; malloc {args.malloc} "
+          "(faults: minor page faults per step)")
     print(f"{'side':<14}" + "".join(f"{p:>11}" for p in PARTS) + f"{'total':>11}{'steps/s':>9}{'lists/s':>9}"
-          f"{'q1-q3 ms':>12}{'peak RSS':>10}{'+steps':>8}" + (f"{'peak GPU':>10}" if cuda else ""))
+          f"{'q1-q3 ms':>12}{'peak RSS':>10}{'+steps':>8}{'faults':>8}" + (f"{'peak GPU':>10}" if cuda else ""))
     lists_per_s = {}
     for side, res in zip(sides, results):
         times = [1000 * r["total"] for r in res["rows"]]  # ms
@@ -419,7 +439,8 @@ def _print(args, sides, results, setup) -> None:
         lists_per_s[side["name"]] = 1000 * B * (OFFLINE_M if side.get("offline") else G) / total
         med = {p: statistics.median(r[p] for r in res["rows"]) for p in PARTS} if side["kind"] == "ours" else {}
         parts = "".join(f"{1000 * med[p]:>9.1f}ms" if med else f"{'':>11}" for p in PARTS)
-        memory = f"{res['peak_rss_mib']:>7.0f}MiB{res['peak_rss_mib'] - res['ready_rss_mib']:>5.0f}MiB"
+        memory = (f"{res['peak_rss_mib']:>7.0f}MiB{res['peak_rss_mib'] - res['ready_rss_mib']:>5.0f}MiB"
+                  f"{statistics.median(r['faults'] for r in res['rows']):>8.0f}")
         if cuda:
             memory += f"{res['peak_gpu_mib']:>7.0f}MiB"
         print(f"{side['name']:<14}{parts}{total:>9.1f}ms{1000 / total:>9.2f}{lists_per_s[side['name']]:>9.0f}"

@@ -11,6 +11,7 @@ import signal
 import sys
 from typing import Any
 
+from blade.allocator import keep_freed_memory
 from blade.errors import BladeError
 
 
@@ -297,6 +298,7 @@ def _terminate(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    keep_freed_memory()  # every step's large temporaries reused, not faulted in again (blade/allocator.py)
     try:
         args.func(args)
     except BladeError as exc:

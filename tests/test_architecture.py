@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 FLOORS: list[set[str]] = [
-    {"blade.errors", "blade.lazy"},
+    {"blade.errors", "blade.lazy", "blade.allocator"},
     {"blade.config", "blade.io", "blade.seeding", "blade.metrics", "blade.power", "blade.distributed"},
     {"blade.reference", "blade.data"},                    # PreparedData: the one reader of results/data
     {"blade.rewards", "blade.model", "blade.tracking"},   # model: codecs, the trie constraint, policies

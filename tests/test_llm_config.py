@@ -35,6 +35,29 @@ def test_llm_config_dag_resolves(tmp_path):
     assert f"results/models/base/{MODEL}/base_model.json" in done.stdout
 
 
+def test_tiny_row_config_scores_the_llm_runs_rows_and_joins_its_tables(tmp_path):
+    """config/llm_tiny.yaml trains the tiny model on the very test sample llm.yaml scores (the same
+    source and `test_rows`; the sample's generator is fixed, blade/data/canonical.py) and selects on
+    the same number of valid rows; config/llm_vs_tiny.yaml adds its SFT lists to llm.yaml's tables as
+    an external row without rerunning anything else of the DAG."""
+    llm, tiny = yaml.safe_load(LLM.read_text()), yaml.safe_load((ROOT / "config/llm_tiny.yaml").read_text())
+    (ours,), (theirs,) = llm["run"]["datasets"], tiny["run"]["datasets"]
+    assert tiny["datasets"][theirs] == llm["datasets"][ours] and tiny["policy"]["kind"] == "tiny"
+    assert tiny["evaluate"]["selection_rows"] == llm["evaluate"]["selection_rows"]
+    overlay = yaml.safe_load((ROOT / "config/llm_vs_tiny.yaml").read_text())
+    assert overlay["evaluate"]["external"]["tiny_sft"]["path"].startswith(f"results/eval/{theirs}/none/sft/seed0/")
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "config", work / "config")
+    done = snakemake(work, "-n", "--configfile", str(LLM), str(ROOT / "config/llm_vs_tiny.yaml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = _job_counts(snakemake(work, "-n", "--configfile", str(LLM)).stdout)
+    assert _job_counts(done.stdout) == {**alone, "score_external": 1, "total": alone["total"] + 1}
+    done = snakemake(work, "-n", f"results/eval/{theirs}/none/sft/seed0/test/metrics.json",
+                     "--configfile", str(ROOT / "config/llm_tiny.yaml"))  # its SFT row only, as its header says
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _job_counts(done.stdout) == {"prepare": 1, "sft": 1, "total": 2}
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_llm_config_runs_end_to_end_on_a_slice(tmp_path, video_games, smollm2_base):

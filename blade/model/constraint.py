@@ -147,26 +147,49 @@ def mask_list_logits_(tables: TrieTables, logits: torch.Tensor, target: torch.Te
     when the list is sampled. Positions after a row's end allow only padding (log-prob 0 there).
 
     logits (R, T, V) float32, position t predicting ``target[:, t]``; target (R, T) token ids;
-    mask (R, T) bool, True on real tokens (a prefix of each row). Masked entries become
-    ``x - 1e30``: finite, zero probability, zero gradient. Raises ValueError naming the row and
-    position where a list is not a valid list (a token off the trie, or a repeated item)."""
+    mask (R, T) bool, True on real tokens (a prefix of each row). Masked entries become ``-1e30``
+    (what ``x - 1e30`` rounds to in float32: finite, zero probability, zero gradient), in one
+    masked fill of the whole block: in-place writes into per-position slices of a tensor on the
+    autograd graph would each copy the whole (R, T, V) block in the backward pass (CopySlices).
+    Raises ValueError naming the row and position where a list is not a valid list (a token off
+    the trie, or a repeated item)."""
     R, T, V = logits.shape
     if V != tables.vocab:
         raise ValueError(f"logits have {V} columns but the policy's LM head has {tables.vocab}")
     target, mask = target.to(logits.device), mask.to(logits.device)
-    bad = torch.zeros(R, T, dtype=torch.bool, device=logits.device)
+    blocked = blocked_tokens(tables, target, mask)                                  # (R, T, V) bool
+    bad = blocked.gather(2, target[..., None]).squeeze(2) & mask
+    if bool(bad.any()):
+        r, t = (int(x) for x in bad.nonzero()[0])
+        _not_a_list(r, t, int(target[r, t]))
+    logits.masked_fill_(blocked, -BIG)
+
+
+def blocked_tokens(tables: TrieTables, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(R, T, V) bool: True where :class:`ListMask` blocks a token at each position of given lists
+    (target (R, T), mask (R, T) a prefix of real tokens per row). One-token codes in closed form —
+    the catalogue's tokens, less every token listed before the position; padding only after a
+    row's end — which equals the sampler's step-by-step mask (tests/test_constraint.py); other codes
+    replay :class:`ListMask` position by position."""
+    R, T = target.shape
+    V, dev = tables.vocab, target.device
+    if tables.atomic:
+        blocked = (~tables.root_allowed).expand(R, T, V).clone()
+        earlier, later = torch.triu_indices(T, T, 1, device=dev)                    # (T(T-1)/2,) each
+        rows = torch.arange(R, device=dev)[:, None]
+        blocked[rows, later[None], target[:, earlier]] = True  # a listed token, at every later position
+        ended = ~mask
+        blocked.masked_fill_(ended[..., None], True)
+        blocked[..., tables.pad].masked_fill_(ended, False)
+        return blocked
+    blocked = torch.empty((R, T, V), dtype=torch.bool, device=dev)
     for r0 in range(0, R, _REPLAY_ROWS):
         rows = slice(r0, min(r0 + _REPLAY_ROWS, R))
         lists = ListMask(tables, rows.stop - r0, T)
         for t in range(T):
-            neg = lists.next(mask[rows, t])
-            tok = target[rows, t]
-            bad[rows, t] = (neg.gather(1, tok[:, None]).squeeze(1) < 0) & mask[rows, t]
-            logits[rows, t].add_(neg, alpha=BIG)
-            lists.advance(tok)
-    if bool(bad.any()):
-        r, t = (int(x) for x in bad.nonzero()[0])
-        _not_a_list(r, t, int(target[r, t]))
+            blocked[rows, t] = lists.next(mask[rows, t]) < 0
+            lists.advance(target[rows, t])
+    return blocked
 
 
 def _not_a_list(r: int, t: int, tok: int) -> None:
