@@ -35,6 +35,18 @@ def test_llm_config_dag_resolves(tmp_path):
     assert f"results/models/base/{MODEL}/base_model.json" in done.stdout
 
 
+def test_gpu_overlay_is_the_full_version_of_the_llm_run(tmp_path):
+    """config/llm_gpu.yaml: llm.yaml's model and methods at full size — 3 seeds, the whole test split."""
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "config", work / "config")
+    done = snakemake(work, "-n", "--configfile", str(LLM), str(ROOT / "config/llm_gpu.yaml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg, gpu = yaml.safe_load(LLM.read_text()), yaml.safe_load((ROOT / "config/llm_gpu.yaml").read_text())
+    counts = _job_counts(done.stdout)
+    assert counts["sft"] == 3 and counts["align"] == 3 * len(cfg["run"]["methods"]) * len(cfg["run"]["rewards"])
+    assert gpu["datasets"]["video_games_llm"]["test_rows"] == 0 and gpu["policy"]["device"] == "cuda"
+
+
 def test_tiny_row_config_scores_the_llm_runs_rows_and_joins_its_tables(tmp_path):
     """config/llm_tiny.yaml trains the tiny model on the very test sample llm.yaml scores (the same
     source and `test_rows`; the sample's generator is fixed, blade/data/canonical.py) and selects on
