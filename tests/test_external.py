@@ -91,6 +91,9 @@ def test_external_row_seeds_paths_and_cost_sidecar():
     assert ExternalRow(path="ext/{split}.jsonl").seeds_for([0, 1]) == (0,)  # one file: seed 0, like a reference
     assert seeded.path_for("tiny", "test", 2) == "ext/tiny/test_seed2.jsonl"
     assert ExternalRow.cost_path("ext/tiny/test_seed2.jsonl") == "ext/tiny/test_seed2.cost.json"
+    # another run of this suite: its row folder's cost.json (blade score writes recs.jsonl beside it)
+    assert ExternalRow.cost_path("results/eval/d/none/sft/seed0/test/recs.jsonl") == \
+        "results/eval/d/none/sft/seed0/test/cost.json"
     for bad in ({"path": "ext/test.jsonl"}, {"path": "ext/{split}.jsonl", "seeds": [1]},
                 {"path": "ext/{split}_{seed}.jsonl", "seeds": [1, 1]}):
         with pytest.raises(ValueError):

@@ -64,10 +64,12 @@ class ExternalRow:
     @staticmethod
     def cost_path(recs: str) -> str:
         """The cost sidecar of a recommendations file: its name with the last suffix replaced by
-        ``.cost.json`` (test_seed0.jsonl -> test_seed0.cost.json)."""
+        ``.cost.json`` (test_seed0.jsonl -> test_seed0.cost.json); for a row this suite scored (another
+        run's ``…/{split}/recs.jsonl``, e.g. config/llm_vs_tiny.yaml's), the ``cost.json`` beside it."""
         from pathlib import Path
 
-        return str(Path(recs).with_suffix(".cost.json"))
+        path = Path(recs)
+        return str(path.with_name("cost.json") if path.name == "recs.jsonl" else path.with_suffix(".cost.json"))
 
 
 @dataclass
