@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from blade.model.constraint import BIG, ListMask, TrieTables, blocked_tokens, mask_list_logits_
+from blade.model.constraint import BIG, ListMask, TrieTables, blocked_tokens, mask_list_logits_, padded_lists
 from blade.model.policy import Policy, PolicyConfig
 
 ITEMS = pd.DataFrame({"item_id": np.arange(10, 22), "title": [f"t{i}" for i in range(12)], "genres": [["g"]] * 12})
@@ -24,11 +24,7 @@ def atomic() -> tuple[TrieTables, Policy]:
 def _lists(pol, rng, n: int, k: int):
     lens = rng.integers(1, k + 1, size=n)
     conts = [pol.codec.list_tokens(rng.permutation(ITEMS["item_id"].to_numpy())[:m].tolist()) for m in lens]
-    T = max(map(len, conts))
-    target = torch.full((n, T), pol.codec.pad_id, dtype=torch.long)
-    for r, c in enumerate(conts):
-        target[r, :len(c)] = torch.tensor(c)
-    return target, torch.arange(T)[None] < torch.tensor([len(c) for c in conts])[:, None]
+    return padded_lists(conts, pol.codec.pad_id)
 
 
 def test_one_token_closed_form_equals_the_samplers_replay(atomic):
