@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from blade.metrics import invalid_rate
 from blade.model.constraint import BIG, ListMask, TrieTables
@@ -289,11 +288,20 @@ class _LeanLM(DecoderParts):
     def prefill(self) -> torch.Tensor:
         """Logits at every row's last prompt token; fills the cache. Repeated prompts (a rollout's
         group of lists per context) are computed once and their cache rows copied."""
-        uniq, inv = torch.unique(torch.cat([self.ids, self.attn], 1), dim=0, return_inverse=True)
-        if len(uniq) == len(self.ids):
+        # distinct rows by hashing them in Python: torch.unique(dim=0) sorts, several ms per batch on a CPU
+        at: dict[tuple[int, ...], int] = {}  # row → its index among the distinct rows
+        first: list[int] = []                # each distinct row's first occurrence
+        inv_list = []
+        for i, r in enumerate(torch.cat([self.ids, self.attn], 1).tolist()):
+            u = at.setdefault(tuple(r), len(at))
+            if u == len(first):
+                first.append(i)
+            inv_list.append(u)
+        if len(first) == len(self.ids):
             return self._prefill(self.ids, self.attn)
-        P = self.ids.shape[1]
-        logits = self._prefill(uniq[:, :P], uniq[:, P:])
+        dev = self.ids.device
+        first, inv = torch.tensor(first, device=dev), torch.tensor(inv_list, device=dev)
+        logits = self._prefill(self.ids.index_select(0, first), self.attn.index_select(0, first))
         self.k = [c.index_select(0, inv) for c in self.k]
         self.v = [c.index_select(0, inv) for c in self.v]
         self.mask, self.pos = self.mask.index_select(0, inv), self.pos.index_select(0, inv)
@@ -328,14 +336,12 @@ class _LeanLM(DecoderParts):
             kp, vp = self.k[i][:, :, :P], self.v[i][:, :, :P]
             if i == len(self.layers) - 1:  # the last layer: keys/values everywhere, the rest at the last tokens
                 q = self._rope(a.q_proj(h[last]).view(R, H, hd), cos[last], sin[last])
-                o = F.scaled_dot_product_attention(q.view(R, KH, H // KH, hd), kp, vp,
-                                                   attn_mask=self.mask[:, None, None, :P], scale=a.scaling)
+                o = self._attend(q.view(R, H, 1, hd), kp, vp, self.mask[:, None, None, :P], a.scaling)
                 x = x[last] + a.o_proj(o.reshape(R, H * hd))
             else:
                 q = self._rope(a.q_proj(h).view(-1, H, hd), cos, sin)
                 qp = torch.zeros((R * P, H, hd), dtype=dt, device=dev).index_copy_(0, flat, q).view(R, P, H, hd)
-                o = F.scaled_dot_product_attention(qp.transpose(1, 2), kp, vp, attn_mask=full, scale=a.scaling,
-                                                   enable_gqa=H != KH)
+                o = self._attend(qp.transpose(1, 2), kp, vp, full, a.scaling)
                 x = x + a.o_proj(o.transpose(1, 2).reshape(R * P, H * hd)[flat])
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         return self.head(self._norm(self.body.norm, x)).float()
@@ -353,9 +359,7 @@ class _LeanLM(DecoderParts):
             q = self._rope(a.q_proj(h).view(R, H, hd), cos, sin)
             self.k[i][:, :, L] = self._rope(a.k_proj(h).view(R, KH, hd), cos, sin)
             self.v[i][:, :, L] = a.v_proj(h).view(R, KH, hd)
-            # one query per row: the query heads of a key/value head attend together (no repeat_kv)
-            o = F.scaled_dot_product_attention(q.view(R, KH, H // KH, hd), self.k[i][:, :, :L + 1],
-                                               self.v[i][:, :, :L + 1], attn_mask=mask, scale=a.scaling)
+            o = self._attend(q.view(R, H, 1, hd), self.k[i][:, :, :L + 1], self.v[i][:, :, :L + 1], mask, a.scaling)
             x = x + a.o_proj(o.reshape(R, H * hd))
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         self.L = L + 1

@@ -166,7 +166,7 @@ def alignment_step(policy: Policy, ref: Policy, objective, reward: ListReward, o
         t_rollout = lap()
         ctx = np.repeat(rows, G)
         scores = reward([histories[r] for r in ctx], targets[ctx], lists.items.numpy(), rows=ctx)
-        conts = [tok[m].tolist() for tok, m in zip(lists.tokens, lists.mask)]
+        conts = [tok[:n] for tok, n in zip(lists.tokens.tolist(), lists.mask.sum(1).tolist())]  # mask: a prefix
         invalid = lists.invalid_rate
     else:
         items, scores = stored.lists(rows)                                          # (B, M, K), {name: (B·M,)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from blade.model.attention import attend
 from blade.model.wrappers import unwrap_peft
 
 
@@ -51,6 +52,11 @@ class DecoderParts:
         cos, sin = self.body.rotary_emb(x, pos[None])
         h = self.hd // 2
         return cos[0, :, None], torch.cat((-sin[0, :, :h], sin[0, :, h:]), -1)[:, None]
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+                ) -> torch.Tensor:
+        """q (N, H, S, hd) over k, v (N, KH, L, hd) under an additive mask (N, 1, S, L): blade/model/attention.py."""
+        return attend(q, k, v, mask, scale)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x·cos + rotate_half(x)·sin, with rotate_half(x) = (-x2, x1) = roll(x)·(-1, 1)

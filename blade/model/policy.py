@@ -20,6 +20,7 @@ from blade.config import from_dict
 from blade.io import write_json
 from blade.model.codec import ItemCodec, tiny_tokenizer
 from blade.model.constraint import AllowedTokens, TrieTables, mask_list_logits_, padded_lists
+from blade.model.list_softmax import atomic_head_logp, atomic_list_logp
 from blade.model.config import LoraOptions, PolicyConfig  # noqa: F401 — re-exported: the policy's config
 from blade.model.shared_prompt import SharedPromptForward
 from blade.model.wrappers import is_peft, unwrap_peft  # noqa: F401 — re-exported
@@ -134,9 +135,9 @@ class Policy:
         the list sampler allows at that position (trie edges leading to items not yet listed), so
         ``logp.sum(-1)`` is the log-prob of the list under the distribution lists are drawn from,
         docs/method.md (3.9); every alignment loss, KL and ratio uses it. The continuations must
-        then be lists of distinct items (``codec.list_tokens(items)``), else ValueError. Its cost
-        next to the forward pass: the mask is replayed step by step, one (rows, V) mask at a time,
-        and added to the logits in place — no (R, T, V) tensor beyond the logits themselves.
+        then be lists of distinct items (``codec.list_tokens(items)``), else ValueError. One-token
+        codes need no mask tensor: the constrained softmax is computed in cache-sized chunks of
+        positions, fused with the LM head where the prompt is shared (blade/model/list_softmax.py).
 
         Llama/Qwen2-block models run each distinct prompt once (blade/model/shared_prompt.py).
         With a multi-token codec they then compute the logits of the allowed tokens only
@@ -151,6 +152,9 @@ class Policy:
             if self._sparse_head():
                 allowed = allowed or AllowedTokens(self._tables(), target, mask)
                 return self._sparse_head_logp(parts.head, hidden, target, mask, allowed), mask
+            if self.codec.trie.depth == 1 and type(parts.head) is torch.nn.Linear:
+                # one-token codes: head and constrained softmax fused, chunk by chunk (blade/model/list_softmax.py)
+                return atomic_head_logp(self._tables(), hidden, parts.head, target, mask), mask
             return self._head_logp(parts.head, hidden, target, mask), mask
         pad = self.codec.pad_id
         P, T = max(map(len, prompts)), max(map(len, conts))
@@ -175,9 +179,13 @@ class Policy:
     def _constrained_logp(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """logits (R, T, V) float32 → (constrained logp (R, T), mask): the sampler's mask added in
-        place, then each target token's log-softmax (0 on padding)."""
+        place, then each target token's log-softmax (0 on padding); one-token codes in one fused
+        function that needs no mask."""
         R, T, V = logits.shape
-        mask_list_logits_(self._tables(), logits, target, mask)
+        tables = self._tables()
+        if tables.atomic:  # one fused function: no (R, T, V) mask, one pass back (blade/model/list_softmax.py)
+            return atomic_list_logp(tables, logits, target, mask), mask
+        mask_list_logits_(tables, logits, target, mask)
         logp = -F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), reduction="none").view(R, T)
         return logp * mask, mask
 

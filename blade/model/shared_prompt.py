@@ -24,7 +24,6 @@ gradients, in tests/test_shared_prompt.py.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from blade.model.constraint import padded_lists
 from blade.model.decoder import DecoderParts
@@ -84,14 +83,12 @@ class SharedPromptForward(DecoderParts):
             values.append(vp)
             if i == len(self.layers) - 1:  # the lists read this layer's keys/values; the rest only at the last token
                 q = self._rope(a.q_proj(h[last]).view(C, H, hd), cos[last], sin[last])
-                o = F.scaled_dot_product_attention(q.view(C, KH, H // KH, hd), kp, vp, attn_mask=pad_keys,
-                                                   scale=a.scaling)
+                o = self._attend(q.view(C, H, 1, hd), kp, vp, pad_keys, a.scaling)
                 x = x[last] + a.o_proj(o.reshape(C, H * hd))
             else:
                 q = self._rope(a.q_proj(h).view(-1, H, hd), cos, sin)
                 qp = q.new_zeros((C * P, H, hd)).index_copy(0, flat, q).view(C, P, H, hd)
-                o = F.scaled_dot_product_attention(qp.transpose(1, 2), kp, vp, attn_mask=full, scale=a.scaling,
-                                                   enable_gqa=H != KH)
+                o = self._attend(qp.transpose(1, 2), kp, vp, full, a.scaling)
                 x = x + a.o_proj(o.transpose(1, 2).reshape(C * P, H * hd)[flat])
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         return self._norm(self.body.norm, x), keys, values, ok
@@ -119,7 +116,7 @@ class SharedPromptForward(DecoderParts):
             v = a.v_proj(h).view(N, S, KH, hd).transpose(1, 2)
             k = torch.cat([keys[i].index_select(0, owner), k], 2)                     # (N, KH, P + S, hd)
             v = torch.cat([values[i].index_select(0, owner), v], 2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, scale=a.scaling, enable_gqa=H != KH)
+            o = self._attend(q, k, v, attn, a.scaling)
             x = x + a.o_proj(o.transpose(1, 2).reshape(N, S, H * hd))
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         return self._norm(self.body.norm, x)
