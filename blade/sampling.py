@@ -40,7 +40,8 @@ import torch
 
 from blade.metrics import invalid_rate
 from blade.model.constraint import BIG, ListMask, TrieTables
-from blade.model.decoder import DecoderParts
+from blade.model.attention import attend
+from blade.model.decoder import DecoderParts, distinct_rows
 from blade.model.policy import Policy, unwrap_peft
 
 
@@ -288,19 +289,11 @@ class _LeanLM(DecoderParts):
     def prefill(self) -> torch.Tensor:
         """Logits at every row's last prompt token; fills the cache. Repeated prompts (a rollout's
         group of lists per context) are computed once and their cache rows copied."""
-        # distinct rows by hashing them in Python: torch.unique(dim=0) sorts, several ms per batch on a CPU
-        at: dict[tuple[int, ...], int] = {}  # row → its index among the distinct rows
-        first: list[int] = []                # each distinct row's first occurrence
-        inv_list = []
-        for i, r in enumerate(torch.cat([self.ids, self.attn], 1).tolist()):
-            u = at.setdefault(tuple(r), len(at))
-            if u == len(first):
-                first.append(i)
-            inv_list.append(u)
+        first, inverse = distinct_rows(torch.cat([self.ids, self.attn], 1).tolist())
         if len(first) == len(self.ids):
             return self._prefill(self.ids, self.attn)
         dev = self.ids.device
-        first, inv = torch.tensor(first, device=dev), torch.tensor(inv_list, device=dev)
+        first, inv = torch.tensor(first, device=dev), torch.tensor(inverse, device=dev)
         logits = self._prefill(self.ids.index_select(0, first), self.attn.index_select(0, first))
         self.k = [c.index_select(0, inv) for c in self.k]
         self.v = [c.index_select(0, inv) for c in self.v]
@@ -336,12 +329,12 @@ class _LeanLM(DecoderParts):
             kp, vp = self.k[i][:, :, :P], self.v[i][:, :, :P]
             if i == len(self.layers) - 1:  # the last layer: keys/values everywhere, the rest at the last tokens
                 q = self._rope(a.q_proj(h[last]).view(R, H, hd), cos[last], sin[last])
-                o = self._attend(q.view(R, H, 1, hd), kp, vp, self.mask[:, None, None, :P], a.scaling)
+                o = attend(q.view(R, H, 1, hd), kp, vp, self.mask[:, None, None, :P], a.scaling)
                 x = x[last] + a.o_proj(o.reshape(R, H * hd))
             else:
                 q = self._rope(a.q_proj(h).view(-1, H, hd), cos, sin)
                 qp = torch.zeros((R * P, H, hd), dtype=dt, device=dev).index_copy_(0, flat, q).view(R, P, H, hd)
-                o = self._attend(qp.transpose(1, 2), kp, vp, full, a.scaling)
+                o = attend(qp.transpose(1, 2), kp, vp, full, a.scaling)
                 x = x + a.o_proj(o.transpose(1, 2).reshape(R * P, H * hd)[flat])
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         return self.head(self._norm(self.body.norm, x)).float()
@@ -359,7 +352,7 @@ class _LeanLM(DecoderParts):
             q = self._rope(a.q_proj(h).view(R, H, hd), cos, sin)
             self.k[i][:, :, L] = self._rope(a.k_proj(h).view(R, KH, hd), cos, sin)
             self.v[i][:, :, L] = a.v_proj(h).view(R, KH, hd)
-            o = self._attend(q.view(R, H, 1, hd), self.k[i][:, :, :L + 1], self.v[i][:, :, :L + 1], mask, a.scaling)
+            o = attend(q.view(R, H, 1, hd), self.k[i][:, :, :L + 1], self.v[i][:, :, :L + 1], mask, a.scaling)
             x = x + a.o_proj(o.reshape(R, H * hd))
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         self.L = L + 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from blade.model.attention import attend
 from blade.model.wrappers import unwrap_peft
 
 
@@ -53,11 +52,20 @@ class DecoderParts:
         h = self.hd // 2
         return cos[0, :, None], torch.cat((-sin[0, :, :h], sin[0, :, h:]), -1)[:, None]
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
-                ) -> torch.Tensor:
-        """q (N, H, S, hd) over k, v (N, KH, L, hd) under an additive mask (N, 1, S, L): blade/model/attention.py."""
-        return attend(q, k, v, mask, scale)
-
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x·cos + rotate_half(x)·sin, with rotate_half(x) = (-x2, x1) = roll(x)·(-1, 1)
         return x * cos + x.roll(self.hd // 2, -1) * sin
+
+
+def distinct_rows(rows) -> tuple[list[int], list[int]]:
+    """(first, inverse) of a sequence of token rows: each distinct row's first index, and each row's
+    index among the distinct ones, in order of appearance. By hashing in Python: ``torch.unique(dim=0)``
+    sorts, several ms per batch on a CPU."""
+    at: dict[tuple[int, ...], int] = {}
+    first, inverse = [], []
+    for i, r in enumerate(rows):
+        u = at.setdefault(tuple(r), len(at))
+        if u == len(first):
+            first.append(i)
+        inverse.append(u)
+    return first, inverse

@@ -70,7 +70,7 @@ class _Lists:
         _check_lists(tables, target, mask)
         R, T = target.shape
         dev = target.device
-        self.tables, self.shape, self.vocab = tables, (R, T), vocab
+        self.tables, self.shape = tables, (R, T)
         self.real = mask.reshape(-1).nonzero().squeeze(1)                                  # (n,)
         self.tok = target.reshape(-1).index_select(0, self.real)                           # (n,)
         at = torch.full((R * T,), -1, dtype=torch.long, device=dev)
@@ -81,9 +81,6 @@ class _Lists:
         order = torch.argsort(pos, stable=True)
         self.block_pos, self.block_tok = pos[order], target[:, earlier][listed][order]      # (E,) each
         self.chunk = max(16, CHUNK // vocab)
-
-    def __len__(self) -> int:
-        return len(self.real)
 
     def chunks(self):
         n = len(self.real)
@@ -150,8 +147,7 @@ class _Lists:
 class _GivenLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat, lists):                                                         # flat (R·T, V)
-        rows = lambda lo, hi: flat.index_select(0, lists.real[lo:hi]).float()              # noqa: E731
-        logp, base, total = lists.forward(rows)
+        logp, base, total = lists.forward(_given(flat, lists))
         ctx.lists = lists
         ctx.save_for_backward(flat, base, total)
         return logp
@@ -165,7 +161,7 @@ class _GivenLogits(torch.autograd.Function):
         def sink(lo, hi, dz):
             out[lists.real[lo:hi]] = dz.to(out.dtype)
 
-        lists.backward(grad, base, total, lambda lo, hi: flat.index_select(0, lists.real[lo:hi]).float(), sink)
+        lists.backward(grad, base, total, _given(flat, lists), sink)
         return out, None
 
 
@@ -186,9 +182,8 @@ class _HeadLogits(torch.autograd.Function):
         db = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if want_b else None
 
         def sink(lo, hi, dz):                                                              # dz (c, V) float32
-            d = dz.to(h.dtype)
             if dh is not None:
-                dh[lo:hi] = d @ weight
+                dh[lo:hi] = dz.to(h.dtype) @ weight
             if dw is not None:
                 dw.addmm_(dz.T, h[lo:hi].float())
             if db is not None:
@@ -196,6 +191,11 @@ class _HeadLogits(torch.autograd.Function):
 
         ctx.lists.backward(grad, base, total, lambda lo, hi: _head(h[lo:hi], weight, bias), sink)
         return (dh, None if dw is None else dw.to(weight.dtype), None if db is None else db.to(weight.dtype), None)
+
+
+def _given(flat: torch.Tensor, lists: _Lists) -> Callable[[int, int], torch.Tensor]:
+    """A chunk's rows of given logits (R·T, V), as a fresh float32 copy (the chunk is overwritten)."""
+    return lambda lo, hi: flat.index_select(0, lists.real[lo:hi]).float()
 
 
 def _head(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

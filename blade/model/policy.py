@@ -152,7 +152,7 @@ class Policy:
             if self._sparse_head():
                 allowed = allowed or AllowedTokens(self._tables(), target, mask)
                 return self._sparse_head_logp(parts.head, hidden, target, mask, allowed), mask
-            if self.codec.trie.depth == 1 and type(parts.head) is torch.nn.Linear:
+            if self.codec.trie.depth == 1 and self._linear_head():
                 # one-token codes: head and constrained softmax fused, chunk by chunk (blade/model/list_softmax.py)
                 return atomic_head_logp(self._tables(), hidden, parts.head, target, mask), mask
             return self._head_logp(parts.head, hidden, target, mask), mask
@@ -198,7 +198,11 @@ class Policy:
     def _sparse_head(self) -> bool:
         """Whether the prompt-sharing scorer computes allowed logits only: multi-token codes (one-
         token codes allow nearly every item token: the dense head is cheaper) and a plain linear head."""
-        return self.codec.trie.depth > 1 and type(unwrap_peft(self.model).lm_head) is torch.nn.Linear
+        return self.codec.trie.depth > 1 and self._linear_head()
+
+    def _linear_head(self) -> bool:
+        """A plain ``Linear`` LM head (not LoRA's modules_to_save wrapper): the head shortcuts read its weight."""
+        return type(unwrap_peft(self.model).lm_head) is torch.nn.Linear
 
     def allowed_tokens(self, conts: list[list[int]]) -> AllowedTokens | None:
         """The constraint's allowed tokens of these lists, for :meth:`token_logprobs` ``allowed=``

@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 
 from blade.model.constraint import padded_lists
-from blade.model.decoder import DecoderParts
+from blade.model.attention import attend
+from blade.model.decoder import DecoderParts, distinct_rows
 
 
 class SharedPromptForward(DecoderParts):
@@ -37,9 +38,8 @@ class SharedPromptForward(DecoderParts):
         ``prompts[r]`` and ``conts[r][:t]``; mask is True on real tokens (continuations
         right-padded with ``pad``). The head is left to the caller, which can apply it in chunks."""
         dev = self.head.weight.device
-        at: dict[tuple[int, ...], int] = {}
-        owner = [at.setdefault(tuple(p), len(at)) for p in prompts]
-        uniq = [list(p) for p in at]
+        distinct, owner = distinct_rows(prompts)
+        uniq = [list(prompts[i]) for i in distinct]
         owner_t = torch.tensor(owner, dtype=torch.long, device=dev)
         first, keys, values, prompt_ok = self._prompts(uniq, pad, dev)                # (C, D), per layer (C, KH, P, hd)
         target, mask = padded_lists(conts, pad, dev)                                   # (N, T)
@@ -83,12 +83,12 @@ class SharedPromptForward(DecoderParts):
             values.append(vp)
             if i == len(self.layers) - 1:  # the lists read this layer's keys/values; the rest only at the last token
                 q = self._rope(a.q_proj(h[last]).view(C, H, hd), cos[last], sin[last])
-                o = self._attend(q.view(C, H, 1, hd), kp, vp, pad_keys, a.scaling)
+                o = attend(q.view(C, H, 1, hd), kp, vp, pad_keys, a.scaling)
                 x = x[last] + a.o_proj(o.reshape(C, H * hd))
             else:
                 q = self._rope(a.q_proj(h).view(-1, H, hd), cos, sin)
                 qp = q.new_zeros((C * P, H, hd)).index_copy(0, flat, q).view(C, P, H, hd)
-                o = self._attend(qp.transpose(1, 2), kp, vp, full, a.scaling)
+                o = attend(qp.transpose(1, 2), kp, vp, full, a.scaling)
                 x = x + a.o_proj(o.transpose(1, 2).reshape(C * P, H * hd)[flat])
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         return self._norm(self.body.norm, x), keys, values, ok
@@ -116,7 +116,7 @@ class SharedPromptForward(DecoderParts):
             v = a.v_proj(h).view(N, S, KH, hd).transpose(1, 2)
             k = torch.cat([keys[i].index_select(0, owner), k], 2)                     # (N, KH, P + S, hd)
             v = torch.cat([values[i].index_select(0, owner), v], 2)
-            o = self._attend(q, k, v, attn, a.scaling)
+            o = attend(q, k, v, attn, a.scaling)
             x = x + a.o_proj(o.transpose(1, 2).reshape(N, S, H * hd))
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         return self._norm(self.body.norm, x)
