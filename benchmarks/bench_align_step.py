@@ -49,8 +49,9 @@ sides (2 threads on a loaded 2-core box: 3-9x): read the ratio, and compare runs
 
 A pretrained LLM (``--model``, converted by ``blade base-model``; ``--data``, a prepared dataset):
 SmolLM2-135M-Instruct with the title codec and LoRA r 8 on q/v, as config/llm.yaml trains it. TRL
-trains the same loaded LoRA model (its π_ref: the adapter disabled, one model in memory; ours loads
-π_ref as a second model), its generation constrained by :class:`benchmarks._trl_grpo.TitleLists`,
+trains the same loaded LoRA model (its π_ref: the adapter disabled; ours: the saved adapter loaded
+a second time into the same model, blade/model/reference.py: one model in memory on both sides),
+its generation constrained by :class:`benchmarks._trl_grpo.TitleLists`,
 the trie mask our sampler draws under (variant ``rollout`` only):
 
     python benchmarks/bench_align_step.py --threads 1 --model smollm2-135m-instruct \
@@ -275,6 +276,7 @@ def _our_side(side, common, wait_turn, report, ready) -> None:
     from blade.align.registry import build_objective
     from blade.data import load_prepared
     from blade.model.policy import Policy
+    from blade.model.reference import reference_policy
     from blade.rewards import ListReward, RewardConfig
     from blade.seeding import seed_everything
 
@@ -284,9 +286,7 @@ def _our_side(side, common, wait_turn, report, ready) -> None:
     train = splits["train"]
     Policy.share_prompts = not side.get("padded")
     policy = Policy.load(common["model_dir"], common["device"])
-    ref = Policy.load(common["model_dir"], common["device"])
-    ref.model.eval()
-    ref.model.requires_grad_(False)
+    ref = reference_policy(policy, common["model_dir"], common["device"])  # as the loop loads π_ref
     reward = ListReward(RewardConfig(weights={n: 1.0 for n in _names(common["reward"])}), items, train, stats)
     m, n_ctx, rng = OFFLINE_M, common["n_ctx"], np.random.default_rng(0)
     ref_rewards = pd.DataFrame({"row": np.repeat(np.arange(n_ctx), m), "sample": np.tile(np.arange(m), n_ctx),

@@ -1,7 +1,8 @@
 """The fused constrained list log-prob of one-token codes (blade/model/list_softmax.py) against the
 general path it replaces — the sampler's mask filled into the logits (``mask_list_logits_``), then
 the log-softmax — in values and in gradients (hidden states, head weight and bias, given logits),
-over several chunks and lists of different lengths; its rescue of positions whose allowed mass
+over several chunks and lists of different lengths, with the softmax kept for the backward and
+recomputed there; its rescue of positions whose allowed mass
 underflows next to a blocked logit, against the exact value; and its refusal of non-lists."""
 
 from __future__ import annotations
@@ -56,8 +57,11 @@ def _value_and_grads(fn, *params):
     return [out.detach()] + [p.grad.clone() for p in params]
 
 
-def test_fused_head_and_given_logits_equal_the_masked_log_softmax(tables, small_chunks):
+@pytest.mark.parametrize("keep", [True, False], ids=["softmax-kept", "recomputed"])
+def test_fused_head_and_given_logits_equal_the_masked_log_softmax(tables, small_chunks, monkeypatch, keep):
     t, codec = tables
+    if not keep:
+        monkeypatch.setattr(list_softmax, "KEEP", 0)
     target, mask = _lists(codec, 0)
     R, T = target.shape
     torch.manual_seed(0)
@@ -77,6 +81,16 @@ def test_fused_head_and_given_logits_equal_the_masked_log_softmax(tables, small_
     assert float(fused[0][~mask].abs().max()) == 0.0 and float(fused[1][~mask].abs().max()) == 0.0
     with torch.no_grad():  # the reference's pass: the same values, nothing kept
         torch.testing.assert_close(atomic_head_logp(t, h, head, target, mask), want[0], rtol=0, atol=2e-6)
+    # a retained graph's second backward (the loop's alignment term, then its penalty) reads the
+    # kept softmax again: it must still be there, unchanged
+    for p in params:
+        p.grad = None
+    out = atomic_head_logp(t, h, head, target, mask)
+    loss = out.exp().sum() + (out ** 2).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for w, p in zip(want[1:], params):
+        torch.testing.assert_close(p.grad, 2 * w, rtol=0, atol=4e-6 * float(w.abs().max()))
 
 
 def test_a_position_whose_allowed_mass_underflows_is_rescued_exactly(tables):

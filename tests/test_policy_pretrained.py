@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from blade.data import PreparedData
 from blade.model.codec import BIGREC_TEMPLATE, ItemCodec
 from blade.model.policy import LoraOptions, Policy, PolicyConfig
+from blade.model.reference import REFERENCE, frozen, reference_policy
 from blade.sampling import ListSampler
 from blade.eval.config import EvalConfig
 from blade.train.config import SFTConfig
@@ -247,6 +248,67 @@ def test_cli_recommend_and_evaluate_from_a_lora_adapter(setup, tmp_path):
 
 
 # ---------------------------------------------------------------- full fine-tuning
+@pytest.mark.parametrize("codec", ["title", "atomic"])
+def test_a_lora_reference_shares_the_model_and_scores_as_the_separately_loaded_sft_policy(setup, tmp_path, codec):
+    """π_ref of a LoRA policy (blade/model/reference.py): the SFT adapter inside the policy's own
+    model. Its log-probs equal a separately loaded frozen SFT policy's, the policy's log-probs and
+    gradients are those of a step without the reference pass (dropout included: the reference pass
+    runs in eval mode and draws nothing), and nothing of it is saved with the policy."""
+    data, items, base = setup
+    cfg = _lora(base, codec)
+    cfg.lora.dropout = 0.2  # train mode must differ from eval mode
+    torch.manual_seed(0)
+    sft = Policy.build(cfg, items)
+    with torch.no_grad():  # B starts at 0: an adapter that changes the outputs
+        for n, p in sft.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.2)
+    sft.save(tmp_path / "best")
+    policy = Policy.load(tmp_path / "best")
+    ref = reference_policy(policy, tmp_path / "best")
+    separate = frozen(Policy.load(tmp_path / "best"))
+    assert ref.model is policy.model and REFERENCE in policy.model.peft_config
+    trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
+    assert trainable and not any(REFERENCE in n for n in trainable)
+    with torch.no_grad():  # the policy moves away from SFT: its adapter and π_ref's now differ
+        for n, p in policy.model.named_parameters():
+            if p.requires_grad:  # LoRA (and, for item tokens, the trained embedding and head copies)
+                p.add_(0.3 * torch.randn_like(p))
+    prompts, conts = _batch(policy, pd.read_parquet(data / "valid.parquet"))
+
+    def step(with_reference: bool):
+        policy.model.train()
+        policy.model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks
+        logp, mask = policy.token_logprobs(prompts, conts, constrained=True)
+        ref_logp = None
+        if with_reference:
+            with torch.no_grad():
+                ref_logp, _ = ref.token_logprobs(prompts, conts, constrained=True)
+        (logp.sum(-1).exp().sum() + (logp ** 2).sum()).backward()
+        return logp.detach(), ref_logp, {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
+
+    logp, ref_logp, grads = step(True)
+    logp0, _, grads0 = step(False)
+    with torch.no_grad():
+        want, _ = separate.token_logprobs(prompts, conts, constrained=True)
+    torch.testing.assert_close(ref_logp, want, rtol=0, atol=1e-6)
+    assert not torch.allclose(logp, ref_logp, atol=1e-3)  # it is π_ref's adapter that scored, not the policy's
+    torch.testing.assert_close(logp, logp0, rtol=0, atol=0)
+    assert grads.keys() == grads0.keys() == set(trainable)
+    for n in grads:
+        torch.testing.assert_close(grads[n], grads0[n], rtol=0, atol=0)
+    assert policy.model.training and policy.model.active_adapter == "default"
+    assert [n for n, p in policy.model.named_parameters() if p.requires_grad] == trainable
+
+    policy.save(tmp_path / "again")  # the trained adapter alone, as before π_ref was loaded beside it
+    assert {p.name for p in (tmp_path / "again").iterdir()} == {p.name for p in (tmp_path / "best").iterdir()}
+    assert load_file(tmp_path / "again" / "adapter_model.safetensors").keys() == \
+        load_file(tmp_path / "best" / "adapter_model.safetensors").keys()
+    with pytest.raises(TypeError, match="save the policy"):
+        ref.save(tmp_path / "ref")
+
+
 @pytest.mark.parametrize("codec", ["title", "atomic"])
 def test_full_finetuning_saves_whole_weights_that_reload(setup, tmp_path, codec):
     data, items, base = setup

@@ -20,7 +20,7 @@ import torch
 
 from blade.align.config import AlignConfig, RolloutConfig
 from blade.align.estimators import RefPrior
-from blade.align.loop import ReferenceGroups, _frozen, alignment_step
+from blade.align.loop import ReferenceGroups, alignment_step
 from blade.align.registry import Method
 from blade.align.rollout import reference_rollouts
 from blade.data import PreparedData, prepare
@@ -28,6 +28,7 @@ from blade.errors import ConfigError, DataError
 from blade.model import base_models
 from blade.model.config import LoraOptions, PolicyConfig
 from blade.model.policy import Policy
+from blade.model.reference import frozen, reference_policy
 from blade.rewards import ListReward, RewardConfig
 from blade.seeding import torch_generator
 from blade.sampling import ListSampler
@@ -158,8 +159,8 @@ def test_lora_adapter_saves_and_reloads_exactly(base, data, tmp_path):
 # ---------------------------------------------------------------- alignment
 @pytest.fixture(scope="module")
 def start(base, data, tmp_path_factory):
-    """π_ref (SmolLM2 + a fresh LoRA adapter, saved and reloaded as the loop does), the policy and
-    an anchor loaded from it, and 8 scored reference lists per context (the BoN methods read n = 8)."""
+    """π_ref (SmolLM2 + a fresh LoRA adapter, saved and reloaded as the loop does: an adapter of the
+    policy's model), the policy and an anchor loaded from it, and 8 scored reference lists per context (the BoN methods read n = 8)."""
     _, prepared = data
     root = tmp_path_factory.mktemp("smol_align")
     torch.manual_seed(0)
@@ -168,8 +169,9 @@ def start(base, data, tmp_path_factory):
     reference_rollouts(prepared, root / "best", root / "ref.parquet",
                        RolloutConfig(m=8, k=K, max_contexts=2, batch_size=16), reward_cfg, seed=0)
     frame = pd.read_parquet(root / "ref.parquet")
-    ref, anchor = (_frozen(Policy.load(root / "best", device="cpu")) for _ in range(2))
+    anchor = frozen(Policy.load(root / "best", device="cpu"))
     policy = Policy.load(root / "best", device="cpu")
+    ref = reference_policy(policy, root / "best")  # the SFT adapter beside the trained one, as the loop loads it
     return prepared, frame, ListReward(reward_cfg, prepared.items, prepared.train, prepared.stats), policy, ref, anchor
 
 

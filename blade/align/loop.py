@@ -43,6 +43,7 @@ from blade.eval.config import EvalConfig
 from blade.eval.selection import alignment_slice, paired_mde, valid_scores
 from blade.io import write_json, write_parquet
 from blade.model.policy import Policy
+from blade.model.reference import frozen, reference_policy
 from blade.rewards import ListReward, RewardConfig
 from blade.seeding import seed_everything, torch_generator
 from blade.train.checkpoint import load_checkpoint, resumable, save_checkpoint
@@ -80,17 +81,17 @@ def align(data: PreparedData, sft_dir: str | Path, rollouts: str | Path, out_dir
     objective = method.build(prior)
 
     stored = ReferenceGroups(ref_frame) if objective.data == "reference" else None
-    ref = _frozen(Policy.load(Path(sft_dir) / "best", device))
     # the step budget is left out: nothing in the loop depends on it (constant learning rate), so a run
     # extended to more steps continues from its checkpoint to the straight run's result (tests)
     run = {"method": method.as_dict(), "align": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"},
            "reward": dataclasses.asdict(reward_cfg), "evaluate": dataclasses.asdict(evaluation), "seed": seed}
     resume, fingerprint = resumable(ckpt, run, [*data.training_files, rollouts, Path(sft_dir) / "best"], procs)
     policy = Policy.load(ckpt if resume else Path(sft_dir) / "best", device)
+    ref = reference_policy(policy, Path(sft_dir) / "best", device)  # LoRA: SFT's adapter beside the trained one
     # an EMA anchor policy for the methods that ask for one (J-BOND), starting at π_ref
     anchor = None
     if objective.anchor_ema is not None:
-        anchor = _frozen(Policy.load(ckpt / "anchor" if resume else Path(sft_dir) / "best", device))
+        anchor = frozen(Policy.load(ckpt / "anchor" if resume else Path(sft_dir) / "best", device))
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {"step": 0, "best": -1.0, "best_step": -1, "log": [], "valid": [], "objective": {},
@@ -313,12 +314,6 @@ class ReferenceGroups:
     def lists(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         at = np.searchsorted(self.rows, rows)  # every drawn row is in the pool, which these rows are
         return self.items[at], {name: v[at].reshape(-1) for name, v in self.scores.items()}
-
-
-def _frozen(policy: Policy) -> Policy:
-    policy.model.eval()
-    policy.model.requires_grad_(False)
-    return policy
 
 
 def _anchor_view(anchor: Policy, objective, reward: ListReward, cfg: AlignConfig, rows: np.ndarray,

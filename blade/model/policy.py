@@ -93,7 +93,9 @@ class Policy:
             layers = (base.get_input_embeddings(), base.get_output_embeddings())
             in_adapter = all(hasattr(m, "modules_to_save") for m in layers)  # peft's ModulesToSaveWrapper
             resized = not in_adapter and layers[0].num_embeddings != _base_vocab_size(self.config)
-            self.model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=resized)
+            # the trained adapter only: not π_ref's, which alignment loads beside it (blade/model/reference.py)
+            self.model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=resized,
+                                       selected_adapters=[self.model.active_adapter])
         else:
             self.model.save_pretrained(directory, safe_serialization=True)
         self.codec.save(directory)
