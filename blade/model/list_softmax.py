@@ -14,8 +14,10 @@ positions are taken in chunks of about ``CHUNK`` logits (0.5 MiB in float32, cac
   position) zeroed by index — no mask tensor —, its sum; only the max and the sum are kept;
 - backward: ``grad_z = g · (onehot(y_t) − e / Σe)``, and from it the gradient of the hidden states
   and of the head (or of the given logits). Where the softmax of every position fits in ``KEEP``
-  bytes (the tiny model's step: 10 MiB), the forward keeps it and the backward runs as whole
-  products, measured 4-5% of a B 32 × G 8 step faster than recomputing; above (a real vocabulary:
+  bytes (the tiny model's step: 10 MiB), the forward keeps it and the head's backward runs as two
+  whole products over it, ``grad_z`` never formed (:func:`_head_grads_from_softmax`): forward +
+  backward of a B 32 × G 8 step 8% faster than recomputing (alternating steps, one process,
+  177 against 193 ms median); above (a real vocabulary:
   2,560 positions × 50k tokens is 0.5 GB), each chunk's logits and weights are recomputed (the
   head's product again) and never kept. Blocked entries get exactly 0, as under the mask.
 
@@ -140,17 +142,10 @@ class _Lists:
                 torch.div(e, total[lo:hi, None], out=probs[lo:hi])
         return logp, base, total, probs
 
-    def backward(self, grad: torch.Tensor, base: torch.Tensor, total: torch.Tensor, probs: torch.Tensor | None,
+    def backward(self, grad: torch.Tensor, base: torch.Tensor, total: torch.Tensor,
                  logits: Callable[[int, int], torch.Tensor], sink: Callable[[int, int, torch.Tensor], None]) -> None:
-        """``sink(lo, hi, dz)`` with each chunk's logit gradient dz (c, V) = g·(onehot(y) − e/Σe);
-        from the kept softmax ``probs`` (n, V) in one piece (it is not overwritten: a retained graph
-        runs this backward again)."""
-        if probs is not None:
-            n = len(self.real)
-            dz = probs * -grad[:, None]                                                    # (n, V)
-            dz[torch.arange(n, device=dz.device), self.tok] += grad
-            sink(0, n, dz)
-            return
+        """``sink(lo, hi, dz)`` with each chunk's logit gradient dz (c, V) = g·(onehot(y) − e/Σe),
+        its weights recomputed (the forward kept no softmax)."""
         for lo, hi, blocks in self.chunks():
             e, _, _ = self.weights(logits(lo, hi), lo, blocks, base=base[lo:hi])
             g = grad[lo:hi]
@@ -181,7 +176,12 @@ class _GivenLogits(torch.autograd.Function):
         def sink(lo, hi, dz):
             out[lists.real[lo:hi]] = dz.to(out.dtype)
 
-        lists.backward(grad, base, total, probs, _given(flat, lists), sink)
+        if probs is None:
+            lists.backward(grad, base, total, _given(flat, lists), sink)
+        else:  # kept: not overwritten (a retained graph runs this backward again)
+            dz = probs * -grad[:, None]                                                    # (n, V)
+            dz[torch.arange(len(grad), device=dz.device), lists.tok] += grad
+            sink(0, len(grad), dz)
         return out, None
 
 
@@ -210,8 +210,27 @@ class _HeadLogits(torch.autograd.Function):
             if db is not None:
                 db.add_(dz.sum(0))
 
-        ctx.lists.backward(grad, base, total, probs, lambda lo, hi: _head(h[lo:hi], weight, bias), sink)
+        if probs is None:
+            ctx.lists.backward(grad, base, total, lambda lo, hi: _head(h[lo:hi], weight, bias), sink)
+        else:
+            _head_grads_from_softmax(probs, grad, ctx.lists.tok, h, weight, dh, dw, db)
         return (dh, None if dw is None else dw.to(weight.dtype), None if db is None else db.to(weight.dtype), None)
+
+
+def _head_grads_from_softmax(probs: torch.Tensor, g: torch.Tensor, tok: torch.Tensor, h: torch.Tensor,
+                             weight: torch.Tensor, dh, dw, db) -> None:
+    """The head's gradients from the kept softmax P (n, V), with dz = g·(onehot(y) − P) never formed
+    (an (n, V) pass on its own costs as much as a product here): dh = g·(W[y] − P W),
+    dW = onehot(y)ᵀ(g h) − Pᵀ(g h), db = Σ g·onehot(y) − Pᵀ g. Filled into dh, dw, db (None: not wanted)."""
+    if dh is not None:
+        w = weight.float()
+        dh.copy_(g[:, None] * (w.index_select(0, tok) - probs @ w))
+    if dw is not None or db is not None:
+        gh = g[:, None] * h.float()                                                        # (n, D)
+        if dw is not None:
+            dw.addmm_(probs.T, gh, alpha=-1.0).index_add_(0, tok, gh)
+        if db is not None:
+            db.sub_(probs.T @ g).index_add_(0, tok, g)
 
 
 def _given(flat: torch.Tensor, lists: _Lists) -> Callable[[int, int], torch.Tensor]:
