@@ -14,12 +14,12 @@ positions are taken in chunks of about ``CHUNK`` logits (0.5 MiB in float32, cac
   position) zeroed by index — no mask tensor —, its sum; only the max and the sum are kept;
 - backward: ``grad_z = g · (onehot(y_t) − e / Σe)``, and from it the gradient of the hidden states
   and of the head (or of the given logits). Where the softmax of every position fits in ``KEEP``
-  bytes (the tiny model's step: 10 MiB), the forward keeps it and the head's backward runs as two
+  bytes (the tiny model's step: 10 MiB), the head's forward keeps it and its backward runs as two
   whole products over it, ``grad_z`` never formed (:func:`_head_grads_from_softmax`): forward +
   backward of a B 32 × G 8 step 8% faster than recomputing (alternating steps, one process,
-  177 against 193 ms median); above (a real vocabulary:
-  2,560 positions × 50k tokens is 0.5 GB), each chunk's logits and weights are recomputed (the
-  head's product again) and never kept. Blocked entries get exactly 0, as under the mask.
+  177 against 193 ms median). Above it (a real vocabulary: 2,560 positions × 50k tokens is
+  0.5 GB), and always from given logits (the padded path, whose logits exist already), each chunk's
+  logits and weights are recomputed and never kept. Blocked entries get exactly 0, as under the mask.
 
 Positions whose allowed mass underflows next to a blocked maximum are redone against their allowed
 maximum (the sampler's rescue, blade/sampling.py), so the result never depends on blocked logits.
@@ -162,26 +162,21 @@ class _Lists:
 class _GivenLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat, lists):                                                         # flat (R·T, V)
-        logp, base, total, probs = lists.forward(_given(flat, lists), keep=lists.keeps(ctx.needs_input_grad[0]))
+        logp, base, total, _ = lists.forward(_given(flat, lists))  # the logits are there to recompute from
         ctx.lists = lists
-        ctx.save_for_backward(flat, base, total, probs)
+        ctx.save_for_backward(flat, base, total)
         return logp
 
     @staticmethod
     def backward(ctx, grad):
-        flat, base, total, probs = ctx.saved_tensors
+        flat, base, total = ctx.saved_tensors
         lists = ctx.lists
         out = torch.zeros_like(flat)
 
         def sink(lo, hi, dz):
             out[lists.real[lo:hi]] = dz.to(out.dtype)
 
-        if probs is None:
-            lists.backward(grad, base, total, _given(flat, lists), sink)
-        else:  # kept: not overwritten (a retained graph runs this backward again)
-            dz = probs * -grad[:, None]                                                    # (n, V)
-            dz[torch.arange(len(grad), device=dz.device), lists.tok] += grad
-            sink(0, len(grad), dz)
+        lists.backward(grad, base, total, _given(flat, lists), sink)
         return out, None
 
 
