@@ -42,6 +42,7 @@ from blade.metrics import invalid_rate
 from blade.model.constraint import BIG, ListMask, TrieTables
 from blade.model.attention import attend
 from blade.model.decoder import DecoderParts, distinct_rows
+from blade.model.fast_exp import exp_
 from blade.model.policy import Policy, unwrap_peft
 
 
@@ -159,7 +160,7 @@ class _Chooser:
     def __call__(self, logits: torch.Tensor, neg: torch.Tensor):
         e = self.e[:, :self.V]
         m = logits.amax(-1)
-        torch.sub(logits, m[:, None], out=e).exp_()
+        exp_(torch.sub(logits, m[:, None], out=e))
         e.addcmul_(e, neg)  # e·(1 + neg): the allowed tokens' weights relative to the row maximum
         if self.tempered is None and not self.greedy:  # temperature 1: the weights are the sampling weights
             mass = self._nucleus if self.top_p < 1.0 else self._inverse_cdf
@@ -172,7 +173,7 @@ class _Chooser:
             return tok, best - lse, best - lse  # allowed entries keep their raw logit exactly (x + 0)
         t = torch.add(logits, neg, alpha=BIG, out=self.tempered).div_(self.temperature)
         base = t.amax(-1)
-        torch.sub(t, base[:, None], out=e).exp_()
+        exp_(torch.sub(t, base[:, None], out=e))
         mass = self._nucleus if self.top_p < 1.0 else self._inverse_cdf
         tok, _, log_kept = mass(logits, neg, base)
         raw = logits.gather(1, tok[:, None]).squeeze(1)
@@ -188,7 +189,7 @@ class _Chooser:
             r = low.nonzero().squeeze(1)
             s = logits[r] + BIG * neg[r]
             best = s.amax(-1)
-            lse[r] = best + (s - best[:, None]).exp().sum(-1).log()
+            lse[r] = best + exp_(s - best[:, None]).sum(-1).log()
         return lse
 
     def _rescue(self, total: torch.Tensor, logits: torch.Tensor, neg: torch.Tensor, base: torch.Tensor):
@@ -199,7 +200,7 @@ class _Chooser:
         r = low.nonzero().squeeze(1)
         s = logits[r] + BIG * neg[r]
         base[r] = s.amax(-1)
-        self.e[r, :self.V] = (s - base[r, None]).exp()
+        self.e[r, :self.V] = exp_(s - base[r, None])
         return r
 
     def _inverse_cdf(self, logits, neg, base):
@@ -312,6 +313,8 @@ class _LeanLM(DecoderParts):
         dt = x.dtype
         cos, sin = self._rotary(x, (attn.cumsum(-1) - 1).view(-1)[flat])
         L = P + self.n_new
+        # every position a decoding step can reach, once: a step looks its rows' (cos, sin) up
+        self.rope = self._rotary(x, torch.arange(L, device=dev)) if self._static_rope() else None
         self.k = [torch.zeros((R, KH, L, hd), dtype=dt, device=dev) for _ in self.layers]
         self.v = [torch.zeros((R, KH, L, hd), dtype=dt, device=dev) for _ in self.layers]
         self.mask = torch.full((R, L), float("-inf"), dtype=dt, device=dev)
@@ -345,7 +348,10 @@ class _LeanLM(DecoderParts):
         self.pos = self.pos + active
         mask = self.mask[:, None, None, :L + 1]
         x = self.body.embed_tokens(tok)  # (R, D)
-        cos, sin = self._rotary(x, self.pos)
+        if self.rope is None:
+            cos, sin = self._rotary(x, self.pos)
+        else:
+            cos, sin = (t.index_select(0, self.pos) for t in self.rope)
         for i, blk in enumerate(self.layers):
             a = blk.self_attn
             h = self._norm(blk.input_layernorm, x)

@@ -119,3 +119,20 @@ def test_a_list_that_is_not_a_list_is_named_by_row_and_position(tables, fault):
     target[3, 2] = target[3, 0] if fault == "repeat" else codec.pad_id
     with pytest.raises(ValueError, match="list 3: token .* at position 2"):
         atomic_list_logp(t, torch.zeros(*target.shape, t.vocab), target, mask)
+
+
+def test_list_blocks_built_once_serve_every_scorer_alike(tables):
+    """``ListBlocks`` depend on the lists only: passed in (as the alignment step shares them between
+    the policy and π_ref), they give the bits of blocks built inside; lists of another shape are refused."""
+    t, codec = tables
+    target, mask = _lists(codec, 4)
+    torch.manual_seed(4)
+    hidden = torch.randn(*target.shape, D)
+    head = torch.nn.Linear(D, t.vocab)
+    blocks = list_softmax.ListBlocks(t, target, mask, t.vocab)
+    with torch.no_grad():
+        inside = atomic_head_logp(t, hidden, head, target, mask)
+        for _ in range(2):  # used twice, as by two policies
+            assert torch.equal(atomic_head_logp(t, hidden, head, target, mask, blocks), inside)
+        with pytest.raises(ValueError, match="list blocks of lists shaped"):
+            atomic_head_logp(t, hidden[:-1], head, target[:-1], mask[:-1], blocks)

@@ -416,6 +416,26 @@ def test_lean_decoder_equals_the_models_own_forward(codec, arch):
         torch.testing.assert_close(lean.sample_logp, hf.sample_logp, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("codec", CODECS)
+def test_lean_decoding_reads_the_rotary_table_bit_for_bit(codec, monkeypatch):
+    """Decoding steps look their positions' (cos, sin) up in a table built at prefill; it holds the
+    bits the rotary embedding computes position by position (rope scaling that changes with the
+    length, dynamic or long-rope, keeps computing per step)."""
+    pol = _arch_policy(codec, "qwen2")
+    prompts = [p for p in prompts_for(pol, "synthetic", 4) for _ in range(2)]
+    runs = []
+    for table in (True, False):
+        monkeypatch.setattr(_LeanLM, "_static_rope", lambda self, table=table: table)
+        runs.append(ListSampler(pol, k=4, batch_size=5).generate(prompts, generator=torch.Generator().manual_seed(3)))
+    for name in ("items", "tokens", "mask", "logp", "sample_logp"):
+        assert torch.equal(getattr(runs[0], name), getattr(runs[1], name)), name
+    monkeypatch.undo()
+    lm = _LeanLM(pol.model, torch.zeros((1, 1), dtype=torch.long), torch.ones((1, 1), dtype=torch.long), 1)
+    assert lm._static_rope()
+    monkeypatch.setattr(lm.body.rotary_emb, "rope_type", "dynamic")
+    assert not lm._static_rope()
+
+
 def test_lean_prefill_logits_equal_the_models_forward():
     pol = _arch_policy("atomic", "qwen2")
     prompts = prompts_for(pol, "synthetic", 4)

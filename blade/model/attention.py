@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from blade.model.fast_exp import exp_
+
 SMALL_SOFTMAX = 2**17    # weights up to which the softmax is written out (measured faster below ~125k)
 SMALL_ATTENTION = 2**22  # weights (16 MiB of float32) up to which attention with grad keeps them
 
@@ -48,7 +50,7 @@ class _GroupedAttention(torch.autograd.Function):
         w = torch.matmul(qg, k.transpose(-1, -2)).mul_(scale)                            # (N, KH, g·S, L)
         w = w.view(N, KH, g, S, L).add_(mask[:, :, None])
         if w.numel() <= SMALL_SOFTMAX:
-            w = w.sub_(w.amax(-1, keepdim=True)).exp_()
+            w = exp_(w.sub_(w.amax(-1, keepdim=True)))
             w = w.div_(w.sum(-1, keepdim=True))
         else:
             w = w.softmax(-1)
