@@ -311,10 +311,10 @@ class _LeanLM(DecoderParts):
         last = valid.sum(-1).cumsum(0) - 1  # each row's last token within the packed tokens
         x = self.body.embed_tokens(ids)[valid]  # (N, D)
         dt = x.dtype
-        cos, sin = self._rotary(x, (attn.cumsum(-1) - 1).view(-1)[flat])
         L = P + self.n_new
-        # every position a decoding step can reach, once: a step looks its rows' (cos, sin) up
+        # every position the prompt and a decoding step can reach, once: each looks its rows' (cos, sin) up
         self.rope = self._rotary(x, torch.arange(L, device=dev)) if self._static_rope() else None
+        cos, sin = self._cos_sin(x, (attn.cumsum(-1) - 1).view(-1)[flat])
         self.k = [torch.zeros((R, KH, L, hd), dtype=dt, device=dev) for _ in self.layers]
         self.v = [torch.zeros((R, KH, L, hd), dtype=dt, device=dev) for _ in self.layers]
         self.mask = torch.full((R, L), float("-inf"), dtype=dt, device=dev)
@@ -342,16 +342,19 @@ class _LeanLM(DecoderParts):
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         return self.head(self._norm(self.body.norm, x)).float()
 
+    def _cos_sin(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, ±sin) at positions ``pos``: from the prefill's table, or computed where it has none."""
+        if self.rope is None:
+            return self._rotary(x, pos)
+        return self.rope[0].index_select(0, pos), self.rope[1].index_select(0, pos)
+
     def step(self, tok: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         R, L, hd, H, KH = tok.shape[0], self.L, self.hd, self.H, self.KH
         self.mask[:, L].masked_fill_(active, 0.0)
         self.pos = self.pos + active
         mask = self.mask[:, None, None, :L + 1]
         x = self.body.embed_tokens(tok)  # (R, D)
-        if self.rope is None:
-            cos, sin = self._rotary(x, self.pos)
-        else:
-            cos, sin = (t.index_select(0, self.pos) for t in self.rope)
+        cos, sin = self._cos_sin(x, self.pos)
         for i, blk in enumerate(self.layers):
             a = blk.self_attn
             h = self._norm(blk.input_layernorm, x)

@@ -4,9 +4,9 @@ runs at about 0.9 ns an element on these machines whatever the SIMD level, the s
 mul + exp2 50 µs on AVX-512, 110 against 73 µs on AVX2. The constrained softmax over a step's
 (n, V) logits and the sampler's weights at every decoding step are exponentiations of whole blocks.
 
-The result differs from exact exp by the rounding of the product and exp2's few ulps (relative error
-≤ |x|·2⁻²⁴ + 1e-6, tested; measured 5e-7 near x = −10, 3.8e-6 near −87; torch's exp 6e-8), float tolerance for every log-prob from it;
-``exp2(0) = 1`` exactly, so a row's maximum keeps weight 1. Without SIMD (``ATEN_CPU_CAPABILITY=
+The result differs from exact exp by the rounding of the product and exp2's few ulps: relative
+error ≤ |x|·2⁻²⁴ + 1e-6 (tested; measured 5e-7 near x = −10, 3.8e-6 near −87; torch's exp: 6e-8),
+float tolerance for every log-prob computed from it. ``exp2(0) = 1`` exactly, so a row's maximum keeps weight 1. Without SIMD (``ATEN_CPU_CAPABILITY=
 default``, where exp2 is the slower one) and off the CPU, plain ``exp_``.
 """
 

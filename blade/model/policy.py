@@ -155,7 +155,7 @@ class Policy:
                 if not isinstance(allowed, AllowedTokens):
                     allowed = AllowedTokens(self._tables(), target, mask)
                 return self._sparse_head_logp(parts.head, hidden, target, mask, allowed), mask
-            if self.codec.trie.depth == 1 and self._linear_head():
+            if self._fused_head():
                 # one-token codes: head and constrained softmax fused, chunk by chunk (blade/model/list_softmax.py)
                 blocks = allowed if isinstance(allowed, ListBlocks) else None
                 return atomic_head_logp(self._tables(), hidden, parts.head, target, mask, blocks), mask
@@ -209,6 +209,11 @@ class Policy:
         token codes allow nearly every item token: the dense head is cheaper) and a plain linear head."""
         return self.codec.trie.depth > 1 and self._linear_head()
 
+    def _fused_head(self) -> bool:
+        """Whether the prompt-sharing scorer fuses the LM head with the constrained softmax: one-token
+        codes and a plain linear head (blade/model/list_softmax.py)."""
+        return self.codec.trie.depth == 1 and self._linear_head()
+
     def _linear_head(self) -> bool:
         """A plain ``Linear`` LM head (not LoRA's modules_to_save wrapper): the head shortcuts read its weight."""
         return type(unwrap_peft(self.model).lm_head) is torch.nn.Linear
@@ -222,7 +227,7 @@ class Policy:
             return None
         if self._sparse_head():
             return AllowedTokens(self._tables(), *padded_lists(conts, self.codec.pad_id))
-        if self.codec.trie.depth == 1 and self._linear_head():
+        if self._fused_head():
             tables = self._tables()
             return ListBlocks(tables, *padded_lists(conts, self.codec.pad_id, self.device), tables.vocab)
         return None
