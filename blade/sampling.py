@@ -19,7 +19,10 @@ mask, gives the allowed mass (for ``logp``) and — at temperature 1 — the sam
 takes the first maximum of the masked scores, sampling is two-level inverse-CDF (block sums, then
 one block), exact and driven by the given ``torch.Generator``; nucleus (top-p) sampling sorts only
 the top of each row (``topk``, widened until the nucleus fits). Nothing is normalised twice, and
-apart from the LM head's output no (R, V) tensor is allocated per step.
+apart from the LM head's output no (R, V) tensor is allocated per step. Multi-token codes (titles)
+allow a few tokens per row: there the LM head and the chooser work on the union of the rows'
+allowed tokens only (a few hundred columns of a 49,152-token vocabulary), with the same draws as
+over the whole vocabulary — the inverse CDF walks the vocabulary's blocks in token order either way.
 
 Models built from the Llama/Qwen2 decoder blocks (the tiny policies and most pretrained ones,
 LoRA-wrapped or not) run through :class:`_LeanLM`: the model's own modules (norms, projections,
@@ -37,6 +40,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from blade.metrics import invalid_rate
 from blade.model.constraint import BIG, ListMask, TrieTables
@@ -95,9 +99,10 @@ class ListSampler:
         ids, attn = ids.to(dev), real.long().to(dev)
         S = K * tables.trie.depth  # most steps a list can take
         lm = (_LeanLM if self.lean and _LeanLM.supports(model) else _HFLM)(model, ids, attn, S)
-        logits = lm.prefill()  # (R, V) float32
-        choose = _Chooser(R, V, dev, greedy, self.temperature, self.top_p, generator)
         lists = ListMask(tables, R, K)
+        cols, neg = self._allowed(lists)
+        logits = lm.prefill(cols)  # (R, V) float32, or (R, U) at the allowed columns
+        choose = _Chooser(R, V, dev, greedy, self.temperature, self.top_p, generator)
 
         out_tok = torch.full((R, S), pad, dtype=torch.long, device=dev)
         out_mask = torch.zeros((R, S), dtype=torch.bool, device=dev)
@@ -105,79 +110,114 @@ class ListSampler:
         out_slogp = torch.zeros((R, S), dtype=torch.float32, device=dev)
         steps = 0
         for step in range(S):
-            # ---- validity mask (R, V) ---------------------------------------------------
-            neg = lists.next()
             active = lists.active
             # ---- choose -----------------------------------------------------------------
-            tok, logp, slogp = choose(logits, neg)
+            tok, logp, slogp = choose(logits, neg, cols)
             out_tok[:, step] = tok
             out_mask[:, step] = active
             out_logp[:, step] = logp if tables.atomic else logp.masked_fill(~active, 0.0)  # 0 on padding, as token_logprobs
             out_slogp[:, step] = slogp if tables.atomic else slogp.masked_fill(~active, 0.0)
             steps = step + 1
-            # ---- advance the trie ---------------------------------------------------------
+            # ---- advance the trie, and the next step's validity mask ---------------------------
             lists.advance(tok)
             if lists.finished:
                 break
+            cols, neg = self._allowed(lists)
             # ---- one cached forward step --------------------------------------------------
-            logits = lm.step(tok if tables.atomic else torch.where(active, tok, pad), active)
+            logits = lm.step(tok if tables.atomic else torch.where(active, tok, pad), active, cols)
 
         items = lists.items
         item_ids = torch.where(items >= 0, tables.item_ids[items.clamp(min=0)], items)
         out = [t[:, :steps].contiguous().cpu() for t in (out_tok, out_mask, out_logp, out_slogp)]
         return Lists(item_ids.cpu(), *out, invalid_rate(item_ids.cpu(), tables.item_ids.cpu(), per_row=False))
 
+    def _allowed(self, lists: ListMask) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The next token's columns and validity mask: one-token codes (None, ``neg`` (R, V)) — nearly
+        every item token is allowed; multi-token codes (``cols`` (U,) ascending, ``neg`` (R, U)): the
+        union of the rows' allowed trie edges and padding, so the LM head and the chooser work on a
+        few hundred columns instead of the vocabulary (Video_Games' titles under SmolLM2: at most
+        about 450 of 49,152), with the same draws (:class:`_Chooser`)."""
+        t = self.tables
+        if t.atomic:
+            return None, lists.next()
+        active = lists.n_done < self.k
+        er, et = lists.allowed_pairs(active)
+        present = torch.zeros(t.vocab, dtype=torch.bool, device=et.device)
+        present[et] = True
+        present[t.pad] = True  # finished rows emit padding
+        cols = present.nonzero().squeeze(1)
+        neg = torch.full((len(active), len(cols)), -1.0, device=et.device)
+        neg[er, torch.searchsorted(cols, et)] = 0.0
+        neg[~active, torch.searchsorted(cols, torch.tensor(t.pad, device=et.device))] = 0.0
+        return cols, neg
+
 
 # ---- choosing a token ------------------------------------------------------------------------------
 
 
 class _Chooser:
-    """One token per row from (R, V) logits and the validity mask ``neg`` (R, V): 0 where allowed,
-    -1 where not (masked scores are ``logits + 1e30·neg``; masked probabilities ``e·(1 + neg)``).
+    """One token per row from logits and the validity mask ``neg``: 0 where allowed, -1 where not
+    (masked scores are ``logits + 1e30·neg``; masked probabilities ``e·(1 + neg)``). Both are
+    (R, V) over the vocabulary, or (R, U) over ``cols`` (U,), ascending token ids that hold every
+    allowed token (the sampler's multi-token codes): the draws are the same either way, because
+    the inverse CDF walks the vocabulary's blocks in token order and a left-out column has no mass.
 
     Returns (token, its constrained log-prob at temperature 1 without top-p — the policy being
     trained —, its log-prob under the distribution it was drawn from: constrained, tempered,
     nucleus-truncated). One exponentiation of the logits, multiplied by the mask, gives the allowed
     mass (the constrained log-sum-exp) and, at temperature 1, the sampling weights themselves;
     rows whose allowed mass underflows next to the row's overall maximum (allowed logits all more
-    than ~60 below it) are redone against their allowed maximum. Work buffers are allocated once
-    per batch; the logits are overwritten."""
+    than ~60 below it) are redone against their allowed maximum. The vocabulary's work buffers are
+    allocated once per batch; the logits are overwritten."""
 
     def __init__(self, R: int, V: int, device, greedy: bool, temperature: float, top_p: float, generator):
         self.greedy, self.temperature, self.top_p, self.generator = greedy, temperature, top_p, generator
         self.R, self.V = R, V
-        # two-level inverse CDF: rows split into blocks of B tokens (zero-padded to a whole number)
+        self.tempering = not greedy and temperature != 1.0
+        # two-level inverse CDF: the vocabulary split into blocks of B tokens (zero-padded to a whole number)
         self.B = max(16, 1 << round(math.log2(math.sqrt(V))))
         self.nb = -(-V // self.B)
         self.e = torch.empty((R, self.nb * self.B), device=device)
         self.e[:, V:] = 0.0  # the padding of the last block; the rest is written at every step
-        self.tempered = None if greedy or temperature == 1.0 else torch.empty((R, V), device=device)
+        self.tempered = torch.empty((R, V), device=device) if self.tempering else None
         self.rows = torch.arange(R, device=device)
+        self.within = torch.arange(self.B, device=device)
 
     def _rand(self) -> torch.Tensor:
         return torch.rand(self.R, dtype=torch.float64, device=self.rows.device, generator=self.generator)
 
-    def __call__(self, logits: torch.Tensor, neg: torch.Tensor):
-        e = self.e[:, :self.V]
+    def __call__(self, logits: torch.Tensor, neg: torch.Tensor, cols: torch.Tensor | None = None):
+        self.cols = cols
+        if cols is None:
+            e, tempered = self.e[:, :self.V], self.tempered
+        else:  # (R, U) buffers, and where each block's columns start: block b is start[b]:start[b + 1]
+            e = torch.empty_like(logits)
+            tempered = torch.empty_like(logits) if self.tempering else None
+            self.block = cols // self.B                                                 # (U,)
+            self.start = torch.searchsorted(self.block, torch.arange(self.nb + 1, device=cols.device))
+        self.w = e  # the weights drawn from, column by column
         m = logits.amax(-1)
         exp_(torch.sub(logits, m[:, None], out=e))
         e.addcmul_(e, neg)  # e·(1 + neg): the allowed tokens' weights relative to the row maximum
-        if self.tempered is None and not self.greedy:  # temperature 1: the weights are the sampling weights
+        if not self.tempering and not self.greedy:  # temperature 1: the weights are the sampling weights
             mass = self._nucleus if self.top_p < 1.0 else self._inverse_cdf
-            tok, log_total, log_kept = mass(logits, neg, m)  # rescued rows get their allowed maximum as base m
-            raw = logits.gather(1, tok[:, None]).squeeze(1) - m
-            return tok, raw - log_total, raw - log_kept
+            col, log_total, log_kept = mass(logits, neg, m)  # rescued rows get their allowed maximum as base m
+            raw = logits.gather(1, col[:, None]).squeeze(1) - m
+            return self._token(col), raw - log_total, raw - log_kept
         lse = self._allowed_lse(e.sum(-1), logits, neg, m)  # constrained log-sum-exp at temperature 1
         if self.greedy:
-            best, tok = logits.add_(neg, alpha=BIG).max(-1)  # the first maximum of the masked scores, as argmax
-            return tok, best - lse, best - lse  # allowed entries keep their raw logit exactly (x + 0)
-        t = torch.add(logits, neg, alpha=BIG, out=self.tempered).div_(self.temperature)
+            best, col = logits.add_(neg, alpha=BIG).max(-1)  # the first maximum of the masked scores, as argmax
+            return self._token(col), best - lse, best - lse  # allowed entries keep their raw logit exactly (x + 0)
+        t = torch.add(logits, neg, alpha=BIG, out=tempered).div_(self.temperature)
         base = t.amax(-1)
         exp_(torch.sub(t, base[:, None], out=e))
         mass = self._nucleus if self.top_p < 1.0 else self._inverse_cdf
-        tok, _, log_kept = mass(logits, neg, base)
-        raw = logits.gather(1, tok[:, None]).squeeze(1)
-        return tok, raw - lse, t.gather(1, tok[:, None]).squeeze(1) - base - log_kept
+        col, _, log_kept = mass(logits, neg, base)
+        raw = logits.gather(1, col[:, None]).squeeze(1)
+        return self._token(col), raw - lse, t.gather(1, col[:, None]).squeeze(1) - base - log_kept
+
+    def _token(self, col: torch.Tensor) -> torch.Tensor:
+        return col if self.cols is None else self.cols[col]
 
     @staticmethod
     def _allowed_lse(total: torch.Tensor, logits: torch.Tensor, neg: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -195,51 +235,68 @@ class _Chooser:
     def _rescue(self, total: torch.Tensor, logits: torch.Tensor, neg: torch.Tensor, base: torch.Tensor):
         """Rows whose weights underflowed (temperature 1 only): redo them relative to their allowed max."""
         low = total < 1e-26
-        if self.tempered is not None or not bool(low.any()):
+        if self.tempering or not bool(low.any()):
             return None
         r = low.nonzero().squeeze(1)
         s = logits[r] + BIG * neg[r]
         base[r] = s.amax(-1)
-        self.e[r, :self.V] = exp_(s - base[r, None])
+        self.w[r] = exp_(s - base[r, None])
         return r
 
+    def _block_sums(self, r: torch.Tensor | None = None) -> torch.Tensor:
+        """(rows, nb) mass of every block of the vocabulary, of all rows or of rows ``r``."""
+        if self.cols is None:
+            blocks = self.e.view(self.R, self.nb, self.B)
+            return (blocks if r is None else blocks[r]).sum(-1)
+        w = self.w if r is None else self.w[r]
+        return torch.zeros((len(w), self.nb), device=w.device).index_add_(1, self.block, w)
+
+    def _block(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's weights in its block ``b`` (R,), in token order (R, ≤ B), and their first column."""
+        if self.cols is None:
+            return self.e.view(self.R, self.nb, self.B)[self.rows, b], b * self.B
+        first, n = self.start[b], self.start[b + 1] - self.start[b]
+        at = (first[:, None] + self.within).clamp_(max=self.w.shape[1] - 1)            # (R, B)
+        return self.w.gather(1, at).masked_fill_(self.within >= n[:, None], 0.0), first
+
     def _inverse_cdf(self, logits, neg, base):
-        """Draw from the weights in ``e``: a block by its mass, then a token inside it. Only tokens
-        with positive weight can be drawn (also under rounding). Returns (token, log total mass,
-        log drawn-from mass), both relative to ``base`` (the same here)."""
-        blocks = self.e.view(self.R, self.nb, self.B)
-        bs = blocks.sum(-1)  # (R, nb)
+        """Draw from the weights: a block of the vocabulary by its mass, then a token inside it.
+        Only tokens with positive weight can be drawn (also under rounding). Returns (column, log
+        total mass, log drawn-from mass), both relative to ``base`` (the same here)."""
+        bs = self._block_sums()  # (R, nb)
         r = self._rescue(bs.sum(-1), logits, neg, base)
         if r is not None:
-            bs[r] = blocks[r].sum(-1)
+            bs[r] = self._block_sums(r)
         cb = bs.double().cumsum_(-1)
         total = cb[:, -1:]
         b = torch.searchsorted(cb, self._rand()[:, None] * total, right=True)
         b = torch.minimum(b, (cb < total).sum(-1, keepdim=True)).squeeze(1)  # never past the last block with mass
-        cw = blocks[self.rows, b].double().cumsum_(-1)  # (R, B)
+        w, first = self._block(b)
+        cw = w.double().cumsum_(-1)  # (R, B)
         inner = cw[:, -1:]
         j = torch.searchsorted(cw, self._rand()[:, None] * inner, right=True)
         j = torch.minimum(j, (cw < inner).sum(-1, keepdim=True)).squeeze(1)
         log_total = total.squeeze(1).log().float()
-        return b * self.B + j, log_total, log_total
+        return first + j, log_total, log_total
 
     def _nucleus(self, logits, neg, base):
         """Top-p: keep the most likely tokens while the mass before them is at most ``top_p`` of the
         total (the first always), then draw from those. Sorts only the top ``k`` of each row,
-        widening ``k`` until every row's nucleus ends inside it. Returns (token, log total mass,
+        widening ``k`` until every row's nucleus ends inside it. Returns (column, log total mass,
         log nucleus mass), relative to ``base``."""
-        p = self.e[:, :self.V]
+        p = self.w
+        n = p.shape[1]
         total = p.sum(-1, dtype=torch.float64)
         if self._rescue(total, logits, neg, base) is not None:
             total = p.sum(-1, dtype=torch.float64)
         thr = self.top_p * total[:, None]
-        k = min(self.V, 64)
+        k = min(n, 64)
         while True:
             vals, idx = p.topk(k, -1)
             cum = vals.double().cumsum_(-1)
-            if k == self.V or bool((cum[:, -1:] > thr).all()):
+            if k == n or bool((cum[:, -1:] > thr).all()):
                 break
-            k = min(self.V, k * 8)
+            k = min(n, k * 8)
         n_keep = (cum - vals.double() <= thr).sum(-1, keepdim=True)  # ≥ 1
         kept = cum.gather(1, n_keep - 1)
         j = torch.searchsorted(cum, self._rand()[:, None] * kept, right=True)
@@ -259,21 +316,25 @@ class _HFLM:
         self.attn[:, :P] = attn
         self.pos = attn.sum(-1) - 1  # (R,) position of each row's last token
 
-    def prefill(self) -> torch.Tensor:
+    def prefill(self, cols: torch.Tensor | None = None) -> torch.Tensor:
         attn = self.attn[:, :self.L]
         out = self.model(input_ids=self.ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
                          use_cache=True, logits_to_keep=1)
         self.past = out.past_key_values
-        return out.logits[:, -1].float()
+        return _columns(out.logits[:, -1].float(), cols)
 
-    def step(self, tok: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def step(self, tok: torch.Tensor, active: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
         self.attn[:, self.L] = active
         self.L += 1
         self.pos = self.pos + active
         out = self.model(input_ids=tok[:, None], attention_mask=self.attn[:, :self.L], position_ids=self.pos[:, None],
                          past_key_values=self.past, use_cache=True)
         self.past = out.past_key_values
-        return out.logits[:, -1].float()
+        return _columns(out.logits[:, -1].float(), cols)
+
+
+def _columns(logits: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+    return logits if cols is None else logits.index_select(1, cols)
 
 
 class _LeanLM(DecoderParts):
@@ -287,15 +348,16 @@ class _LeanLM(DecoderParts):
         super().__init__(model)
         self.ids, self.attn, self.n_new = ids, attn, n_new
 
-    def prefill(self) -> torch.Tensor:
-        """Logits at every row's last prompt token; fills the cache. Repeated prompts (a rollout's
-        group of lists per context) are computed once and their cache rows copied."""
+    def prefill(self, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at every row's last prompt token (at columns ``cols`` only, where given); fills the
+        cache. Repeated prompts (a rollout's group of lists per context) are computed once and their
+        cache rows copied."""
         first, inverse = distinct_rows(torch.cat([self.ids, self.attn], 1).tolist())
         if len(first) == len(self.ids):
-            return self._prefill(self.ids, self.attn)
+            return self._logits(self._prefill(self.ids, self.attn), cols)
         dev = self.ids.device
         first, inv = torch.tensor(first, device=dev), torch.tensor(inverse, device=dev)
-        logits = self._prefill(self.ids.index_select(0, first), self.attn.index_select(0, first))
+        logits = self._logits(self._prefill(self.ids.index_select(0, first), self.attn.index_select(0, first)), cols)
         self.k = [c.index_select(0, inv) for c in self.k]
         self.v = [c.index_select(0, inv) for c in self.v]
         self.mask, self.pos = self.mask.index_select(0, inv), self.pos.index_select(0, inv)
@@ -340,7 +402,16 @@ class _LeanLM(DecoderParts):
                 o = attend(qp.transpose(1, 2), kp, vp, full, a.scaling)
                 x = x + a.o_proj(o.transpose(1, 2).reshape(R * P, H * hd)[flat])
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
-        return self.head(self._norm(self.body.norm, x)).float()
+        return self._norm(self.body.norm, x)
+
+    def _logits(self, h: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        """float32 logits of final hidden states ``h`` (R, D): (R, V), or (R, U) at columns ``cols``
+        — for a plain linear head, its product with those rows of the weight only (Video_Games'
+        titles under SmolLM2: 16 rows against 450 of 49,152 head rows, 0.5 against 27 ms a step)."""
+        if cols is None or type(self.head) is not torch.nn.Linear:
+            return _columns(self.head(h).float(), cols)
+        bias = None if self.head.bias is None else self.head.bias.index_select(0, cols)
+        return F.linear(h, self.head.weight.index_select(0, cols), bias).float()
 
     def _cos_sin(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, ±sin) at positions ``pos``: from the prefill's table, or computed where it has none."""
@@ -348,7 +419,7 @@ class _LeanLM(DecoderParts):
             return self._rotary(x, pos)
         return self.rope[0].index_select(0, pos), self.rope[1].index_select(0, pos)
 
-    def step(self, tok: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def step(self, tok: torch.Tensor, active: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
         R, L, hd, H, KH = tok.shape[0], self.L, self.hd, self.H, self.KH
         self.mask[:, L].masked_fill_(active, 0.0)
         self.pos = self.pos + active
@@ -365,4 +436,4 @@ class _LeanLM(DecoderParts):
             x = x + a.o_proj(o.reshape(R, H * hd))
             x = x + blk.mlp(self._norm(blk.post_attention_layernorm, x))
         self.L = L + 1
-        return self.head(self._norm(self.body.norm, x)).float()
+        return self._logits(self._norm(self.body.norm, x), cols)

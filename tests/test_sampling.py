@@ -611,3 +611,59 @@ def test_chooser_is_exact_when_a_masked_token_dwarfs_the_allowed_ones(greedy, to
         chi2 = float(((counts - len(half) * q)[keep] ** 2 / (len(half) * q[keep])).sum())
         dof = int(keep.sum()) - 1
         assert chi2 < dof + 5 * math.sqrt(2 * dof), chi2
+
+
+@pytest.mark.parametrize("greedy,top_p,temperature", [(True, 1.0, 1.0), (False, 1.0, 1.0), (False, 1.0, 1.5),
+                                                      (False, 0.8, 1.0), (False, 0.9, 0.7)])
+@pytest.mark.parametrize("dwarf", [False, True])
+def test_chooser_on_columns_draws_what_it_draws_on_the_vocabulary(greedy, top_p, temperature, dwarf):
+    """Multi-token codes give the chooser the union of the rows' allowed tokens (plus padding) as
+    columns: the same uniforms then pick the same tokens with the same log-probs as over the whole
+    vocabulary, because the inverse CDF walks the vocabulary's blocks in token order and a left-out
+    column has no mass. ``dwarf``: a blocked column 200 nats above the allowed ones (rows redone)."""
+    torch.manual_seed(6)
+    R, V = 3000, 1000
+    logits = torch.randn(R, V) * 2
+    pool = 4 + torch.randperm(V - 8)[:200]  # the tokens any row allows: a few each, some shared by many rows
+    allowed = torch.zeros(R, V, dtype=torch.bool)
+    allowed[:, pool] = torch.rand(R, len(pool)) < 0.02
+    allowed[torch.arange(R), pool[torch.randint(0, len(pool), (R,))]] = True  # every row allows a token
+    allowed[:, pool[0]] = torch.rand(R) < 0.5
+    extra = torch.zeros(V, dtype=torch.bool)
+    extra[[3, 998]] = True  # padding and other tokens no row allows at this position
+    if dwarf:
+        logits[: R // 2, 3] = 200.0  # in the columns, not allowed
+    cols = (allowed.any(0) | extra).nonzero().squeeze(1)
+    assert 100 < len(cols) < V // 2
+    neg = torch.where(allowed, 0.0, -1.0)
+    runs = []
+    for c in (None, cols):
+        chooser = _Chooser(R, V, "cpu", greedy, temperature, top_p, torch.Generator().manual_seed(9))
+        z, m = (logits, neg) if c is None else (logits[:, c], neg[:, c])
+        runs.append(chooser(z.clone(), m.clone(), c))
+    (tok, logp, slogp), (tok_c, logp_c, slogp_c) = runs
+    assert bool(allowed[torch.arange(R), tok_c].all())
+    assert torch.equal(tok_c, tok)
+    torch.testing.assert_close(logp_c, logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(slogp_c, slogp, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"temperature": 1.3}, {"temperature": 0.8, "top_p": 0.7}])
+def test_sampler_on_allowed_columns_equals_the_vocabulary_wide_sampler(kw, monkeypatch):
+    """Title codes: the sampler's head and chooser on the allowed columns give the lists and
+    log-probs of the same sampler over the whole vocabulary (the dense mask of ``ListMask.next``)."""
+    pol = _arch_policy("title", "qwen2")
+    prompts = [p for p in prompts_for(pol, "synthetic", 4) for _ in range(3)]
+    runs = []
+    for columns in (True, False):
+        if not columns:
+            monkeypatch.setattr(ListSampler, "_allowed", lambda self, lists: (None, lists.next()))
+        for greedy in (False, True):
+            runs.append(ListSampler(pol, k=4, batch_size=7, **kw).generate(
+                prompts, greedy=greedy, generator=torch.Generator().manual_seed(4)))
+    for cols, whole in zip(runs[:2], runs[2:]):
+        check_lists(pol, cols, len(prompts), 4)
+        for name in ("items", "tokens", "mask"):
+            assert torch.equal(getattr(cols, name), getattr(whole, name)), name
+        torch.testing.assert_close(cols.logp, whole.logp, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cols.sample_logp, whole.sample_logp, atol=1e-5, rtol=0)
