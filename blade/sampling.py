@@ -40,13 +40,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from blade.metrics import invalid_rate
 from blade.model.constraint import BIG, ListMask, TrieTables
 from blade.model.attention import attend
 from blade.model.decoder import DecoderParts, distinct_rows
 from blade.model.fast_exp import exp_
+from blade.model.head import head_at, plain_linear
 from blade.model.policy import Policy, unwrap_peft
 
 
@@ -70,6 +70,7 @@ class ListSampler:
             raise ValueError(f"list length k={k} must be between 1 and the catalogue size {n_items}")
         self.policy, self.k, self.temperature, self.top_p, self.batch_size = policy, k, temperature, top_p, batch_size
         self.tables = TrieTables(policy.codec, policy.vocab_size, policy.device)
+        self._pad = torch.tensor(self.tables.pad, device=policy.device)  # looked up among each step's columns
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], greedy: bool = False, generator: torch.Generator | None = None) -> Lists:
@@ -148,7 +149,7 @@ class ListSampler:
         cols = present.nonzero().squeeze(1)
         neg = torch.full((len(active), len(cols)), -1.0, device=et.device)
         neg[er, torch.searchsorted(cols, et)] = 0.0
-        neg[~active, torch.searchsorted(cols, torch.tensor(t.pad, device=et.device))] = 0.0
+        neg[~active, torch.searchsorted(cols, self._pad)] = 0.0
         return cols, neg
 
 
@@ -408,10 +409,9 @@ class _LeanLM(DecoderParts):
         """float32 logits of final hidden states ``h`` (R, D): (R, V), or (R, U) at columns ``cols``
         — for a plain linear head, its product with those rows of the weight only (Video_Games'
         titles under SmolLM2: 16 rows against 450 of 49,152 head rows, 0.5 against 27 ms a step)."""
-        if cols is None or type(self.head) is not torch.nn.Linear:
+        if cols is None or not plain_linear(self.head):
             return _columns(self.head(h).float(), cols)
-        bias = None if self.head.bias is None else self.head.bias.index_select(0, cols)
-        return F.linear(h, self.head.weight.index_select(0, cols), bias).float()
+        return head_at(self.head, h, cols).float()
 
     def _cos_sin(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, ±sin) at positions ``pos``: from the prefill's table, or computed where it has none."""

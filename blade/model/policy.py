@@ -20,6 +20,7 @@ from blade.config import from_dict
 from blade.io import write_json
 from blade.model.codec import ItemCodec, tiny_tokenizer
 from blade.model.constraint import AllowedTokens, TrieTables, mask_list_logits_, padded_lists
+from blade.model.head import head_at, plain_linear
 from blade.model.list_softmax import ListBlocks, atomic_head_logp, atomic_list_logp
 from blade.model.config import LoraOptions, PolicyConfig  # noqa: F401 — re-exported: the policy's config
 from blade.model.shared_prompt import SharedPromptForward
@@ -216,7 +217,7 @@ class Policy:
 
     def _linear_head(self) -> bool:
         """A plain ``Linear`` LM head (not LoRA's modules_to_save wrapper): the head shortcuts read its weight."""
-        return type(unwrap_peft(self.model).lm_head) is torch.nn.Linear
+        return plain_linear(unwrap_peft(self.model).lm_head)
 
     def allowed_tokens(self, conts: list[list[int]]) -> AllowedTokens | ListBlocks | None:
         """The constraint's allowed tokens of these lists, for :meth:`token_logprobs` ``allowed=``
@@ -246,10 +247,7 @@ class Policy:
         at = torch.full((R * T,), -1, dtype=torch.long, device=dev)
         at[real] = torch.arange(len(real), device=dev)
         cols, col = torch.unique(allowed.tok.to(dev), return_inverse=True)              # (U,), (E,)
-        z = hidden.reshape(R * T, D)[real] @ head.weight[cols].T                        # (n, U)
-        if head.bias is not None:
-            z = z + head.bias[cols]
-        z = z.float()
+        z = head_at(head, hidden.reshape(R * T, D)[real], cols).float()                # (n, U)
         ok = torch.zeros(z.shape, dtype=torch.bool, device=dev)
         ok[at[allowed.pos.to(dev)], col] = True
         lse = torch.logsumexp(z.masked_fill(~ok, float("-inf")), -1)                   # (n,)
